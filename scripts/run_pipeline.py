@@ -1,0 +1,35 @@
+"""Run a model's whole life from one pipeline file: each stage launched as a user would, in order.
+
+    python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml
+    python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml --from pretrain
+    python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml --only tokenizer --force
+
+Completed stages are skipped, a stage that was cut off resumes, and the first failure stops the run.
+"""
+
+import argparse
+import sys
+
+from llm_recipes.pipeline import Pipeline, run
+from llm_recipes.recipe import RecipeError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. recipes/tiny/pipeline.yaml")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--from", dest="start", help="start at this stage and run every later one")
+    group.add_argument("--only", help="run this stage alone")
+    parser.add_argument("--force", action="store_true", help="delete the selected stages' outputs and run them anew")
+    args = parser.parse_args(argv)
+    try:
+        pipeline = Pipeline.from_yaml(args.config)
+        stages = pipeline.select(only=args.only, start=args.start)
+        return run(pipeline, stages, force=args.force)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

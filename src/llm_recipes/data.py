@@ -1,0 +1,300 @@
+"""Datasets named in recipes: loading, format checks, and mixing by sampling probability.
+
+A recipe's `dataset_mixture` lists sources (a Hub id, or local files or a folder) with a `weight` each. Sources
+are mixed with `datasets.interleave_datasets`, drawing every example from a source chosen with probability
+proportional to its weight, until the example (or token) budget is spent. A small source is repeated rather than
+a large one cut, and the mixture report says what each source contributed.
+"""
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+
+from llm_recipes.recipe import RecipeError, unknown_key_message
+
+logger = logging.getLogger(__name__)
+
+# The columns each kind of stage needs. A stage names its format; alternatives are tried in order.
+FORMATS: dict[str, list[tuple[str, ...]]] = {
+    "text": [("text",)],
+    "conversational": [("messages",), ("prompt", "completion")],
+    "preference": [("chosen", "rejected")],
+    "prompt_answer": [("prompt", "answer")],
+    "prompt": [("prompt",)],
+}
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
+
+
+class DatasetFormatError(ValueError):
+    """A dataset that lacks what its stage needs."""
+
+
+@dataclass
+class DatasetSource:
+    """One dataset of a mixture. `path` is a Hub id, a builder ("json", "parquet", ...) or a local file/folder."""
+
+    path: str
+    name: str | None = None
+    data_files: str | list[str] | dict[str, str] | None = None
+    data_dir: str | None = None
+    split: str = "train"
+    columns: list[str] | None = None
+    rename_columns: dict[str, str] | None = None
+    weight: float = 1.0
+    revision: str | None = None
+
+    def describe(self) -> str:
+        files = self.data_files if isinstance(self.data_files, str) else None
+        return files or self.path
+
+    def load_kwargs(self, streaming: bool) -> dict[str, Any]:
+        """Arguments for `datasets.load_dataset`; a local file or folder is read with the matching builder."""
+        path, data_files = self.path, self.data_files
+        local = Path(path)
+        if data_files is None and local.suffix in _BUILDERS:
+            path, data_files = _BUILDERS[local.suffix], str(local)
+        elif data_files is None and local.is_dir() and not (local / "dataset_info.json").exists():
+            suffixes = sorted({p.suffix for p in local.rglob("*") if p.suffix in _BUILDERS})
+            if len(suffixes) == 1:
+                path, data_files = _BUILDERS[suffixes[0]], sorted(str(p) for p in local.rglob(f"*{suffixes[0]}"))
+        return dict(
+            path=path,
+            name=self.name,
+            data_files=data_files,
+            data_dir=self.data_dir,
+            split=self.split,
+            revision=self.revision,
+            streaming=streaming,
+        )
+
+
+@dataclass
+class DatasetMixture:
+    """What a recipe's `dataset_mixture:` block holds."""
+
+    datasets: list[DatasetSource]
+    eval_datasets: list[DatasetSource] = field(default_factory=list)
+    test_split_size: float | int | None = None
+    max_examples: int | None = None
+    max_tokens: int | None = None
+    stopping_strategy: str = "all_exhausted"
+    streaming: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_recipe(cls, value: dict | None, where: str = "dataset_mixture") -> "DatasetMixture":
+        """Build from the recipe's mapping, naming any unknown or missing key with its closest valid one."""
+        if not isinstance(value, dict) or not value.get("datasets"):
+            raise RecipeError(f"{where}: needs a 'datasets' list, e.g. datasets: [{{path: data/train.jsonl}}]")
+        kwargs = _checked_fields(cls, value, where)
+        for list_key in ("datasets", "eval_datasets"):
+            sources = kwargs.get(list_key) or []
+            if not isinstance(sources, list):
+                raise RecipeError(f"{where}.{list_key}: must be a list of datasets.")
+            kwargs[list_key] = [
+                DatasetSource(**_checked_fields(DatasetSource, s, f"{where}.{list_key}[{i}]"))
+                for i, s in enumerate(sources)
+            ]
+        mixture = cls(**kwargs)
+        if any(s.weight <= 0 for s in mixture.datasets):
+            raise RecipeError(f"{where}: every dataset weight must be > 0.")
+        if mixture.stopping_strategy not in ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement"):
+            raise RecipeError(f"{where}.stopping_strategy: expects all_exhausted, first_exhausted or "
+                              f"all_exhausted_without_replacement, got {mixture.stopping_strategy!r}.")
+        return mixture
+
+    @property
+    def probabilities(self) -> list[float]:
+        total = sum(s.weight for s in self.datasets)
+        return [s.weight / total for s in self.datasets]
+
+
+def _checked_fields(cls, value: Any, where: str) -> dict:
+    if isinstance(value, str) and cls is DatasetSource:
+        return {"path": value}  # `- data/train.jsonl` is shorthand for `- path: data/train.jsonl`
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {value!r}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in names:
+            raise RecipeError(unknown_key_message(key, names, where))
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for key in required:
+        if key not in value:
+            raise RecipeError(f"{where}: missing required key '{key}'.")
+    return dict(value)
+
+
+def check_format(columns: list[str], fmt: str, source: str) -> tuple[str, ...]:
+    """Return the column set of `fmt` that `columns` satisfies, or raise naming the missing column and source."""
+    options = FORMATS[fmt]
+    for needed in options:
+        if all(c in columns for c in needed):
+            return needed
+    needed = options[0]
+    missing = [c for c in needed if c not in columns]
+    alternatives = " or ".join("/".join(o) for o in options)
+    raise DatasetFormatError(
+        f"Dataset '{source}' has no column '{missing[0]}' (this stage needs {alternatives}; "
+        f"the dataset has {', '.join(columns) or 'no columns'}). "
+        "Select or rename columns with `columns:` / `rename_columns:` in the recipe."
+    )
+
+
+def check_declared_columns(mixture: DatasetMixture, fmt: str) -> None:
+    """Check the format against the `columns:` a recipe declares, without loading anything (for Hub datasets)."""
+    for source in mixture.datasets + mixture.eval_datasets:
+        if source.columns is not None:
+            renamed = [(source.rename_columns or {}).get(c, c) for c in source.columns]
+            check_format(renamed, fmt, source.describe())
+
+
+def load_source(source: DatasetSource, fmt: str, streaming: bool = False):
+    """Load one source, keep and rename the columns the recipe asks for, and check it has `fmt`'s columns."""
+    try:
+        dataset = datasets.load_dataset(**source.load_kwargs(streaming))
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"Dataset '{source.describe()}' could not be found: {e}") from e
+    columns = list(dataset.column_names or [])
+    if source.columns is not None:
+        missing = [c for c in source.columns if c not in columns]
+        if missing:
+            raise DatasetFormatError(
+                f"Dataset '{source.describe()}' has no column '{missing[0]}' listed in `columns:` "
+                f"(it has {', '.join(columns)})."
+            )
+        dataset = dataset.select_columns(source.columns)
+    if source.rename_columns:
+        dataset = dataset.rename_columns(source.rename_columns)
+    needed = check_format(list(dataset.column_names), fmt, source.describe())
+    if source.columns is None and not streaming:
+        # Sources may carry extra columns (ids, urls); keep only what the stage reads so they can be mixed.
+        dataset = dataset.select_columns(list(needed) + [c for c in ("tools",) if c in dataset.column_names])
+    return dataset
+
+
+@dataclass
+class MixtureReport:
+    """What each source contributed to a mixture."""
+
+    rows: list[dict] = field(default_factory=list)
+    total_examples: int = 0
+    total_tokens: int | None = None
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| source | weight | rows available | examples taken | share | epochs | tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            tokens = "" if r.get("tokens") is None else f"{r['tokens']:,}"
+            lines.append(
+                f"| {r['source']} | {r['weight']:.3f} | {r['available']:,} | {r['taken']:,} | "
+                f"{r['share']:.1%} | {r['epochs']:.2f} | {tokens} |"
+            )
+        return "\n".join(lines)
+
+
+def build_mixture(
+    mixture: DatasetMixture, fmt: str, count_tokens: Callable[[dict], int] | None = None
+) -> tuple[datasets.DatasetDict, MixtureReport]:
+    """Load, check and mix the sources; return a DatasetDict with 'train' (and 'test' when asked) and a report.
+
+    `count_tokens(example) -> int` turns `max_tokens` into a budget: examples are taken in mixture order until
+    the budget is spent.
+    """
+    sources = [load_source(s, fmt, mixture.streaming) for s in mixture.datasets]
+    eval_sets = [load_source(s, fmt, mixture.streaming) for s in mixture.eval_datasets]
+    if mixture.streaming:
+        return _stream_mixture(mixture, sources, eval_sets), MixtureReport()
+
+    tagged = [d.add_column("source_index", [i] * len(d)) for i, d in enumerate(sources)]
+    if len(tagged) == 1:
+        mixed = tagged[0].shuffle(seed=mixture.seed)
+    else:
+        mixed = datasets.interleave_datasets(
+            tagged, probabilities=mixture.probabilities, seed=mixture.seed,
+            stopping_strategy=mixture.stopping_strategy,
+        )
+    if mixture.max_examples is not None:
+        mixed = mixed.select(range(min(mixture.max_examples, len(mixed))))
+
+    token_counts = None
+    if count_tokens is not None:
+        token_counts = [count_tokens(example) for example in mixed]
+        if mixture.max_tokens is not None:
+            total, keep = 0, 0
+            for keep, n in enumerate(token_counts, start=1):
+                total += n
+                if total >= mixture.max_tokens:
+                    break
+            mixed = mixed.select(range(keep))
+            token_counts = token_counts[:keep]
+    elif mixture.max_tokens is not None:
+        raise RecipeError("dataset_mixture.max_tokens needs a stage that counts tokens; use max_examples here.")
+
+    report = _report(mixture, sources, mixed["source_index"], token_counts)
+    mixed = mixed.remove_columns("source_index")
+
+    splits = {"train": mixed}
+    if mixture.test_split_size:
+        split = mixed.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
+        splits = {"train": split["train"], "test": split["test"]}
+    if eval_sets:
+        held_out = datasets.concatenate_datasets(eval_sets)
+        splits["test"] = datasets.concatenate_datasets([splits["test"], held_out]) if "test" in splits else held_out
+    return datasets.DatasetDict(splits), report
+
+
+def _report(mixture, sources, source_index, token_counts) -> MixtureReport:
+    probabilities = mixture.probabilities
+    report = MixtureReport(total_examples=len(source_index))
+    if token_counts is not None:
+        report.total_tokens = sum(token_counts)
+    for i, (spec, dataset) in enumerate(zip(mixture.datasets, sources)):
+        taken = sum(1 for s in source_index if s == i)
+        tokens = None
+        if token_counts is not None:
+            tokens = sum(n for s, n in zip(source_index, token_counts) if s == i)
+        report.rows.append(dict(
+            source=spec.describe(), weight=probabilities[i], available=len(dataset), taken=taken,
+            share=taken / max(len(source_index), 1), epochs=taken / max(len(dataset), 1), tokens=tokens,
+        ))
+    return report
+
+
+def _stream_mixture(mixture, sources, eval_sets) -> datasets.IterableDatasetDict:
+    mixed = sources[0] if len(sources) == 1 else datasets.interleave_datasets(
+        sources, probabilities=mixture.probabilities, seed=mixture.seed, stopping_strategy=mixture.stopping_strategy
+    )
+    mixed = mixed.shuffle(seed=mixture.seed, buffer_size=10_000)
+    if mixture.max_examples is not None:
+        mixed = mixed.take(mixture.max_examples)
+    splits = {"train": mixed}
+    if eval_sets:
+        splits["test"] = datasets.concatenate_datasets(eval_sets)
+    return datasets.IterableDatasetDict(splits)
+
+
+def tokenize_and_pack(dataset, tokenizer, seq_length: int, num_proc: int | None = None):
+    """Tokenize a text dataset, end every document with EOS, and cut the stream into full blocks of
+    `seq_length` tokens (TRL's "wrapped" packing): no padding, and the last partial block is dropped."""
+    from trl import pack_dataset
+
+    eos = [tokenizer.eos_token_id]
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + eos for x in ids]}
+
+    tokenized = dataset.map(
+        tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing"
+    )
+    packed = pack_dataset(tokenized, seq_length, strategy="wrapped", map_kwargs={"num_proc": num_proc})
+    return packed.filter(lambda ids: len(ids) == seq_length, input_columns="input_ids", num_proc=num_proc)

@@ -1,0 +1,139 @@
+"""Tokenizers and causal language models: loading them, building them from a recipe's config, sizing them."""
+
+import logging
+import math
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from llm_recipes.recipe import RecipeError
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    if tokenizer.pad_token is None:
+        raise RecipeError(
+            f"The tokenizer at {name_or_path} has no pad token. Set one that differs from EOS in the tokenizer "
+            "(e.g. `tokenizer.add_special_tokens({'pad_token': '<|pad|>'})`) before training."
+        )
+    return tokenizer
+
+
+def model_config_from_recipe(
+    architecture: dict, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+):
+    """A Transformers config for a model trained from scratch, from the recipe's `model_config:` mapping.
+
+    `model_type` picks the family (llama, qwen3, ...); every other key is that family's config field. The
+    vocabulary and special token ids always come from the tokenizer, so the two cannot disagree.
+    """
+    architecture = dict(architecture)
+    model_type = architecture.pop("model_type", None)
+    if not model_type:
+        raise RecipeError("model_config: needs a 'model_type' (e.g. llama or qwen3).")
+    try:
+        config = AutoConfig.for_model(model_type, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        raise RecipeError(f"model_config.model_type: unknown architecture {model_type!r} ({e}).") from e
+    valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+    for key in architecture:
+        if key not in valid and not hasattr(config, key):
+            from llm_recipes.recipe import unknown_key_message
+
+            raise RecipeError(unknown_key_message(key, sorted(valid), f"model_config ({model_type})"))
+    architecture.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoConfig.for_model(model_type, **architecture)
+
+
+def torch_dtype(name: str | None):
+    if name in (None, "auto"):
+        return name
+    if not hasattr(torch, name):
+        raise RecipeError(f"dtype: unknown torch dtype {name!r} (use float32, bfloat16, float16 or auto).")
+    return getattr(torch, name)
+
+
+def load_causal_lm(
+    model_name_or_path: str | None,
+    architecture: dict | None,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """Start from a checkpoint (`model_name_or_path`) or build a fresh model from the recipe's architecture."""
+    if model_name_or_path:
+        return AutoModelForCausalLM.from_pretrained(
+            model_name_or_path,
+            revision=revision,
+            dtype=torch_dtype(dtype),
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    if not architecture:
+        raise RecipeError("Set either model_name_or_path (start from a checkpoint) or model_config (from scratch).")
+    config = model_config_from_recipe(architecture, tokenizer, trust_remote_code)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    if dtype not in (None, "auto"):
+        model = model.to(torch_dtype(dtype))
+    return model
+
+
+def meta_model(model_name_or_path, architecture, tokenizer, trust_remote_code=False, revision=None):
+    """The model's structure with no weights allocated, to size a run before spending any memory on it."""
+    if model_name_or_path:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    else:
+        config = model_config_from_recipe(architecture or {}, tokenizer, trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def training_memory_estimate(
+    model, batch_size: int, seq_length: int, bytes_per_param: int = 4, trainable_fraction: float = 1.0
+) -> dict[str, float]:
+    """Rough per-device memory (GiB) of full training with AdamW and plain data parallelism.
+
+    Weights in the training dtype, fp32 gradients and two fp32 Adam moments for trainable parameters, and
+    activations of about 34·s·b·h bytes per layer (Korthikanti et al., 2022, without recomputation), plus the
+    fp32 logits, which dominate for small models with large vocabularies.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    trainable = params * trainable_fraction
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", 0)
+    layers = getattr(cfg, "num_hidden_layers", 0)
+    vocab = getattr(cfg, "vocab_size", 0)
+    gib = 1024**3
+    weights = params * bytes_per_param / gib
+    grads_and_optimizer = trainable * (4 + 8) / gib
+    activations = (34 * seq_length * batch_size * hidden * layers + 4 * 2 * seq_length * batch_size * vocab) / gib
+    return dict(
+        parameters=params,
+        weights_gib=weights,
+        grads_and_optimizer_gib=grads_and_optimizer,
+        activations_gib=activations,
+        total_gib=weights + grads_and_optimizer + activations,
+    )
+
+
+def format_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / max(b, 1))

@@ -1,0 +1,141 @@
+"""The pipeline runner: a model's whole life, stage after stage, each launched as a user would launch it.
+
+A pipeline file lists stages in order. Each stage names its script, its recipe, its output folder and the
+overrides that pass earlier stages' outputs to it (`{tokenizer}` is the tokenizer stage's output folder). A stage
+whose output holds `stage_complete.json` is skipped; one that was cut off is launched again and resumes from its
+last complete checkpoint. The first failure stops the run and names the stage's log file.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from llm_recipes.recipe import RecipeError, unknown_key_message
+from llm_recipes.stage import is_complete
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stage:
+    name: str
+    script: str
+    output_dir: str
+    config: str | None = None
+    args: dict = field(default_factory=dict)
+    launcher: str = "accelerate"  # "accelerate" or "python"
+    num_processes: int | None = None
+
+
+@dataclass
+class Pipeline:
+    stages: list[Stage]
+    accelerate_config: str | None = None
+    log_dir: str = "runs/logs"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Pipeline":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        top_keys = ["stages", "accelerate_config", "log_dir"]
+        for key in raw:
+            if key not in top_keys:
+                raise RecipeError(unknown_key_message(key, top_keys, str(path)))
+        stage_keys = list(Stage.__dataclass_fields__)
+        stages = []
+        for i, entry in enumerate(raw.get("stages") or []):
+            for key in entry:
+                if key not in stage_keys:
+                    raise RecipeError(unknown_key_message(key, stage_keys, f"{path}: stages[{i}]"))
+            stages.append(Stage(**entry))
+        names = [s.name for s in stages]
+        if not stages or len(set(names)) != len(names):
+            raise RecipeError(f"{path}: needs a list of stages with distinct names (got {names}).")
+        return cls(stages=stages, accelerate_config=raw.get("accelerate_config"), log_dir=raw.get("log_dir", "runs/logs"))
+
+    def select(self, only: str | None = None, start: str | None = None) -> list[Stage]:
+        names = [s.name for s in self.stages]
+        for wanted in (only, start):
+            if wanted is not None and wanted not in names:
+                raise RecipeError(unknown_key_message(wanted, names, "stage").replace("key", "stage"))
+        if only:
+            return [s for s in self.stages if s.name == only]
+        if start:
+            return self.stages[names.index(start):]
+        return list(self.stages)
+
+
+def repo_path(path: str) -> str:
+    """Scripts, recipes and accelerate configs are found beside the working directory or in the repository."""
+    return path if Path(path).exists() else str(REPO_ROOT / path)
+
+
+def resolve(value, outputs: dict[str, str]) -> str:
+    """Replace `{stage}` with that stage's output folder."""
+    def replace(match):
+        name = match.group(1)
+        if name not in outputs:
+            raise RecipeError(f"'{{{name}}}' names no earlier stage (known: {', '.join(outputs)}).")
+        return outputs[name]
+
+    return re.sub(r"\{(\w+)\}", replace, str(value))
+
+
+def command(pipeline: Pipeline, stage: Stage, outputs: dict[str, str]) -> list[str]:
+    if stage.launcher == "python":
+        cmd = [sys.executable]
+    elif stage.launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        if pipeline.accelerate_config:
+            cmd += ["--config_file", repo_path(pipeline.accelerate_config)]
+        if stage.num_processes:
+            cmd += ["--num_processes", str(stage.num_processes)]
+    else:
+        raise RecipeError(f"stage {stage.name}: launcher must be 'accelerate' or 'python', got {stage.launcher!r}.")
+    cmd.append(repo_path(stage.script))
+    if stage.config:
+        cmd += ["--config", repo_path(stage.config)]
+    cmd += ["--output_dir", stage.output_dir]
+    for key, value in stage.args.items():
+        cmd += [f"--{key}", resolve(value, outputs)]
+    return cmd
+
+
+def run(pipeline: Pipeline, stages: list[Stage], force: bool = False, echo=print) -> int:
+    """Run `stages` in order; return 0, or the exit status of the first stage that failed."""
+    outputs = {s.name: s.output_dir for s in pipeline.stages}
+    log_dir = Path(pipeline.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        if force and Path(stage.output_dir).exists():
+            shutil.rmtree(stage.output_dir)
+        if is_complete(stage.output_dir):
+            echo(f"[{stage.name}] complete in {stage.output_dir}, skipped")
+            continue
+        cmd = command(pipeline, stage, outputs)
+        log_path = log_dir / f"{stage.name}.log"
+        resumed = " (resuming)" if Path(stage.output_dir).exists() else ""
+        echo(f"[{stage.name}] {shlex.join(cmd)}{resumed}")
+        started = time.time()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "a") as log:
+            log.write(f"\n$ {shlex.join(cmd)}\n")
+            log.flush()
+            process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for line in process.stdout:
+                log.write(line)
+                echo(f"[{stage.name}] {line.rstrip()}")
+            status = process.wait()
+        if status != 0 or not is_complete(stage.output_dir):
+            reason = f"exit status {status}" if status else "no stage_complete.json was written"
+            echo(f"[{stage.name}] FAILED ({reason}); see {log_path}")
+            return status or 1
+        echo(f"[{stage.name}] done in {time.time() - started:.0f}s -> {stage.output_dir}")
+    return 0

@@ -1,0 +1,170 @@
+"""Recipes: YAML files of values parsed into the dataclasses of Transformers, TRL and our stages.
+
+We keep TRL's convention (`--config recipe.yaml`, `--key value` overrides, an `env:` block) and add what a
+recipe author needs before any compute is spent: an unknown key names the key, the file and the closest valid
+key; a value of the wrong type names the key and what it expects.
+"""
+
+import difflib
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+from trl import TrlParser
+
+
+# Keys that hold credentials: they end up in logs, process lists and model cards, so recipes may not set them.
+SECRET_KEYS = {"hub_token"}
+
+
+class RecipeError(ValueError):
+    """A recipe (or a command-line override) that cannot be run as written."""
+
+
+def closest_key(key: str, valid_keys: Iterable[str]) -> str | None:
+    """The valid key a misspelt `key` most likely meant, or None when nothing is close."""
+    valid_keys = list(valid_keys)
+    # A cut-off key (`max_seq`) most likely means a key it begins, whatever difflib's ratio says.
+    completions = sorted((k for k in valid_keys if k.startswith(key)), key=len)
+    if completions:
+        return completions[0]
+    matches = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_key_message(key: str, valid_keys: Iterable[str], where: str) -> str:
+    suggestion = closest_key(key, valid_keys)
+    hint = f" Did you mean '{suggestion}'?" if suggestion else ""
+    return f"{where}: unknown key '{key}'.{hint} Run the script with --help to list every key."
+
+
+def _expected_type(action) -> str | None:
+    """A readable name of what an argparse action accepts, or None when it takes anything."""
+    if action.choices is not None:
+        return "one of " + ", ".join(repr(str(c)) for c in action.choices)
+    if action.type in (int, float):
+        return "an integer" if action.type is int else "a number"
+    if getattr(action.type, "__name__", "") == "string_to_bool":
+        return "true or false"
+    return None
+
+
+def _value_fits(action, value) -> bool:
+    if value is None:
+        return True  # every optional field accepts null; required ones are checked by the dataclass
+    if action.nargs in ("+", "*") and isinstance(value, list):
+        return all(_value_fits_scalar(action, v) for v in value)
+    return _value_fits_scalar(action, value)
+
+
+def _value_fits_scalar(action, value) -> bool:
+    if action.choices is not None:
+        choices = {str(c) for c in action.choices}
+        return str(getattr(value, "value", value)) in choices
+    if getattr(action.type, "__name__", "") == "string_to_bool":
+        return isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
+    if action.type is int:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int):
+            return True
+        try:
+            int(str(value))
+        except ValueError:
+            return False
+        return True
+    if action.type is float:
+        if isinstance(value, bool):
+            return False
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+    return True
+
+
+class RecipeParser(TrlParser):
+    """`TrlParser` that checks every recipe key and value before building the dataclasses.
+
+    Use `parse()` in scripts (a bad recipe prints one clear line and exits with status 2) and
+    `parse_or_raise()` where the caller wants a `RecipeError`.
+    """
+
+    def error(self, message):
+        # argparse would print the whole usage (hundreds of keys) and exit; one clear line is enough.
+        raise RecipeError(f"command line: {message}")
+
+    def _actions_by_key(self) -> dict:
+        return {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
+
+    def _check_keys_and_values(self, values: dict, where: str) -> None:
+        actions = self._actions_by_key()
+        for key, value in values.items():
+            if key in SECRET_KEYS:
+                raise RecipeError(f"{where}: '{key}' must not be written in a recipe or on the command line, "
+                                  "where it would be logged. Set HF_TOKEN in the environment or run `hf auth login`.")
+            if key not in actions:
+                raise RecipeError(unknown_key_message(key, actions, where))
+            action = actions[key]
+            if not _value_fits(action, value):
+                expected = _expected_type(action)
+                raise RecipeError(f"{where}: key '{key}' expects {expected}, got {value!r}.")
+
+    def _check_command_line(self, args: list[str]) -> None:
+        actions = self._actions_by_key()
+        for token in args:
+            if token.startswith("--"):
+                key = token[2:].split("=", 1)[0]
+                if key.replace("-", "_") in SECRET_KEYS:
+                    self._check_keys_and_values({key.replace("-", "_"): None}, "command line")
+                # argparse accepts both `--no_x` (negated booleans) and `--x`; both are in option strings.
+                known = {s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")}
+                if key not in known:
+                    raise RecipeError(unknown_key_message(key, actions, "command line"))
+
+    def parse_or_raise(self, args: list[str] | None = None) -> tuple:
+        """Parse `--config FILE` and overrides into one instance of each dataclass, or raise `RecipeError`."""
+        args = list(sys.argv[1:] if args is None else args)
+        where = "command line"
+        if "--config" in args:
+            i = args.index("--config")
+            if i + 1 >= len(args):
+                raise RecipeError("--config needs the path of a recipe YAML file.")
+            config_path = args[i + 1]
+            args = args[:i] + args[i + 2 :]
+            where = config_path
+            if not Path(config_path).is_file():
+                raise RecipeError(f"Recipe file not found: {config_path}")
+            with open(config_path) as f:
+                try:
+                    config = yaml.safe_load(f) or {}
+                except yaml.YAMLError as e:
+                    raise RecipeError(f"{config_path} is not valid YAML: {e}") from e
+            if not isinstance(config, dict):
+                raise RecipeError(f"{config_path} must hold a YAML mapping of key: value.")
+            env = config.pop("env", {}) or {}
+            if not isinstance(env, dict):
+                raise RecipeError(f"{config_path}: 'env' must be a mapping of variable names to values.")
+            self._check_keys_and_values(config, config_path)
+            self._check_command_line(args)
+            for name, value in env.items():
+                os.environ[str(name)] = str(value)
+            self.set_defaults_with_config(**config)
+        else:
+            self._check_command_line(args)
+        try:
+            return tuple(self.parse_args_into_dataclasses(args=args))
+        except RecipeError:
+            raise
+        except ValueError as e:  # raised by a dataclass's own checks (__post_init__)
+            raise RecipeError(f"{where}: {e}") from e
+
+    def parse(self, args: list[str] | None = None) -> tuple:
+        try:
+            return self.parse_or_raise(args)
+        except RecipeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)

@@ -1,0 +1,135 @@
+"""What every stage script does around its own work: logging, resuming, and finishing a run cleanly.
+
+alignment-handbook repeats these lines in every script; we write them once. A stage's output folder is complete
+only when `stage_complete.json` is in it, written last and atomically, so the pipeline runner (and a user) can
+tell a finished stage from one that was cut off.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger("llm_recipes")
+
+COMPLETE_MARKER = "stage_complete.json"
+TRAINER_STATE = "trainer_state.json"  # Trainer writes it last in a checkpoint folder
+
+
+@dataclass
+class StageArguments:
+    """Keys every stage shares. Each stage's own dataclass extends this one."""
+
+    dataset_mixture: dict | None = field(
+        default=None,
+        metadata={"help": "Datasets to train on and how to mix them: a mapping with `datasets` (a list of "
+                  "{path, data_files, split, columns, rename_columns, weight}), and optionally `eval_datasets`, "
+                  "`test_split_size`, `max_examples`, `max_tokens`, `seed`. See README."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer to use; defaults to the model's own (`model_name_or_path`)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped with a Hub checkpoint. Off unless a recipe turns it on."},
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Parse and check the recipe and data, size the model on the meta device, print "
+                  "parameters, memory per device, tokens per optimizer step and total steps, then exit."},
+    )
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON so that a reader sees either the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def is_complete(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / COMPLETE_MARKER).is_file()
+
+
+def mark_complete(output_dir: str | Path, summary: dict) -> None:
+    write_json_atomic(Path(output_dir) / COMPLETE_MARKER, summary)
+
+
+def setup_logging(training_args=None) -> None:
+    """Log from the main process at INFO, and quietly from the others."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    level = logging.INFO
+    if training_args is not None:
+        level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    transformers.utils.logging.set_verbosity(level)
+
+
+def _is_complete_checkpoint(folder: Path) -> bool:
+    try:
+        json.loads((folder / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def checkpoint_to_resume(training_args) -> str | None:
+    """The checkpoint this run continues from: the recipe's `resume_from_checkpoint`, or else the newest
+    complete checkpoint in `output_dir` (a run killed mid-save leaves a folder without a readable trainer state;
+    such folders are removed so that nothing half-written is left behind)."""
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    output_dir = Path(training_args.output_dir)
+    if not output_dir.is_dir():
+        return None
+    checkpoints = sorted(
+        (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for folder in reversed(checkpoints):
+        if _is_complete_checkpoint(folder):
+            logger.info("Resuming from %s", folder)
+            return str(folder)
+        if training_args.process_index == 0:
+            logger.warning("Removing %s: it was cut off while being written.", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def finish(trainer, training_args, summary: dict) -> None:
+    """Save the final model and metrics, mark the stage complete, and push to the Hub when asked."""
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.save_state()
+        mark_complete(training_args.output_dir, summary)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
+
+def run(main) -> None:
+    """Run a stage's `main`, turning a recipe or dataset mistake into one clear line and exit status 2."""
+    from llm_recipes.data import DatasetFormatError
+    from llm_recipes.recipe import RecipeError
+
+    try:
+        main()
+    except (RecipeError, DatasetFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,93 @@
+"""Recipes are checked, key by key, before anything is loaded."""
+
+from dataclasses import dataclass, field
+
+import pytest
+from transformers import TrainingArguments
+
+from llm_recipes.recipe import RecipeError, RecipeParser
+
+
+@dataclass
+class ToyArguments:
+    dataset_mixture: dict | None = field(default=None, metadata={"help": "datasets"})
+    max_seq_length: int = field(default=128, metadata={"help": "tokens per sequence"})
+
+
+def parse(tmp_path, recipe: str, *overrides: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe)
+    parser = RecipeParser((ToyArguments, TrainingArguments))
+    return parser.parse_or_raise(["--config", str(path), *overrides])
+
+
+def test_recipe_values_fill_the_dataclasses(tmp_path):
+    toy, training = parse(tmp_path, "max_seq_length: 64\nlearning_rate: 0.01\noutput_dir: out\nuse_cpu: true\n")
+    assert toy.max_seq_length == 64
+    assert training.learning_rate == 0.01
+
+
+def test_command_line_overrides_the_recipe(tmp_path):
+    toy, training = parse(tmp_path, "learning_rate: 0.01\nuse_cpu: true\n", "--learning_rate", "0.5")
+    assert training.learning_rate == 0.5
+
+
+def test_unknown_recipe_key_names_key_file_and_closest_valid_key(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        parse(tmp_path, "learnig_rate: 0.01\n")
+    message = str(error.value)
+    assert "'learnig_rate'" in message and "recipe.yaml" in message and "Did you mean 'learning_rate'" in message
+
+
+def test_unknown_command_line_key_is_refused_not_abbreviated(tmp_path):
+    # argparse would silently take --max_seq as an abbreviation of --max_seq_length.
+    with pytest.raises(RecipeError, match="unknown key 'max_seq'.*max_seq_length"):
+        parse(tmp_path, "use_cpu: true\n", "--max_seq", "3")
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("max_seq_length: lots", "expects an integer"),
+        ("learning_rate: fast", "expects a number"),
+        ("use_cpu: maybe", "expects true or false"),
+        ("lr_scheduler_type: cosinus", "expects one of"),
+    ],
+)
+def test_bad_value_names_the_key_and_what_it_expects(tmp_path, line, expected):
+    with pytest.raises(RecipeError, match=expected) as error:
+        parse(tmp_path, line + "\n")
+    assert repr(line.split(":")[0]) in str(error.value)
+
+
+def test_env_block_sets_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLM_RECIPES_TEST_VAR", raising=False)
+    parse(tmp_path, "env:\n  LLM_RECIPES_TEST_VAR: hello\nuse_cpu: true\n")
+    import os
+
+    assert os.environ["LLM_RECIPES_TEST_VAR"] == "hello"
+
+
+def test_a_token_in_a_recipe_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="HF_TOKEN"):
+        parse(tmp_path, "hub_token: hf_secret\n")
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        RecipeParser(ToyArguments).parse_or_raise(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_script_exits_with_one_line_before_loading_anything(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("output_dir: out\nwarmup_step: 3\n")
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "pretrain.py"), "--config", str(recipe)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Did you mean 'warmup_steps'" in result.stderr
+    assert "Traceback" not in result.stderr
