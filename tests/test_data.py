@@ -1,0 +1,84 @@
+"""Datasets named in recipes are checked for their stage's columns and mixed by sampling probability."""
+
+import json
+
+import pytest
+
+from llm_recipes.data import DatasetFormatError, DatasetMixture, build_mixture, check_declared_columns
+from llm_recipes.recipe import RecipeError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    big = write_jsonl(tmp_path / "big.jsonl", [{"text": f"big {i}", "id": i} for i in range(1000)])
+    small = write_jsonl(tmp_path / "small.jsonl", [{"text": f"small {i}", "id": i} for i in range(50)])
+    return big, small
+
+
+def test_sources_are_mixed_by_weight_over_an_example_budget(two_sources):
+    big, small = two_sources
+    mixture = DatasetMixture.from_recipe(
+        {"datasets": [{"path": big, "weight": 0.75}, {"path": small, "weight": 0.25}], "max_examples": 800}
+    )
+    data, report = build_mixture(mixture, "text")
+    texts = data["train"]["text"]
+    assert len(texts) == 800
+    share_small = sum(t.startswith("small") for t in texts) / len(texts)
+    assert 0.20 < share_small < 0.30  # sampled, not subsampled: the small source is repeated to keep its share
+    small_row = report.rows[1]
+    assert small_row["taken"] == sum(t.startswith("small") for t in texts)
+    assert small_row["epochs"] > 1
+    assert "small.jsonl" in report.to_markdown()
+
+
+def test_token_budget_stops_the_mixture_when_spent(two_sources):
+    big, small = two_sources
+    mixture = DatasetMixture.from_recipe({"datasets": [big, small], "max_tokens": 100})
+    data, report = build_mixture(mixture, "text", count_tokens=lambda ex: 2)
+    assert len(data["train"]) == 50
+    assert report.total_tokens == 100
+
+
+def test_held_out_sets_become_the_test_split(two_sources):
+    big, small = two_sources
+    mixture = DatasetMixture.from_recipe({"datasets": [big], "eval_datasets": [small]})
+    data, _ = build_mixture(mixture, "text")
+    assert len(data["test"]) == 50 and len(data["train"]) == 1000
+
+
+def test_missing_column_names_the_dataset_and_the_column(tmp_path):
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"conversation": "hi"}])
+    mixture = DatasetMixture.from_recipe({"datasets": [path]})
+    with pytest.raises(DatasetFormatError) as error:
+        build_mixture(mixture, "preference")
+    assert "chats.jsonl" in str(error.value) and "'chosen'" in str(error.value)
+
+
+def test_renamed_columns_satisfy_the_format(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "1+1", "solution": "2"}])
+    mixture = DatasetMixture.from_recipe(
+        {"datasets": [{"path": path, "rename_columns": {"question": "prompt", "solution": "answer"}}]}
+    )
+    data, _ = build_mixture(mixture, "prompt_answer")
+    assert data["train"][0] == {"prompt": "1+1", "answer": "2"}
+
+
+def test_declared_columns_are_checked_without_loading():
+    mixture = DatasetMixture.from_recipe({"datasets": [{"path": "some-org/some-hub-dataset", "columns": ["text2"]}]})
+    with pytest.raises(DatasetFormatError, match="'text'"):
+        check_declared_columns(mixture, "text")
+
+
+def test_unknown_key_in_a_dataset_entry_suggests_the_valid_one():
+    with pytest.raises(RecipeError, match="unknown key 'wieght'.*'weight'"):
+        DatasetMixture.from_recipe({"datasets": [{"path": "x.jsonl", "wieght": 2}]})
+
+
+def test_a_mixture_without_datasets_is_refused():
+    with pytest.raises(RecipeError, match="datasets"):
+        DatasetMixture.from_recipe({"max_examples": 3})
