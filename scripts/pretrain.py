@@ -85,7 +85,8 @@ def main(argv=None):
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
     summary = {
         "stage": "pretrain",
-        "train_loss": result.training_loss,
+        # The last logged loss, not this session's average, so that a resumed run reports the same number.
+        "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
         "train_tokens_per_second": result.metrics["train_samples_per_second"] * args.max_seq_length,
         "wall_seconds": time.time() - started,
         "parameters": model.num_parameters(),

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
-from llm_recipes.recipe import RecipeError, RecipeParser
+from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
 
 
 @dataclass
@@ -76,9 +76,10 @@ def main(argv=None):
         raise RecipeError("pad_token must differ from eos_token, or padding is learned as the end of text.")
     template = None
     if args.chat_template:
-        if not Path(args.chat_template).is_file():
+        template_path = Path(repo_path(args.chat_template))
+        if not template_path.is_file():
             raise RecipeError(f"chat_template: file not found: {args.chat_template}")
-        template = Path(args.chat_template).read_text()
+        template = template_path.read_text()
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, "text")
     data, report = build_mixture(mixture, "text")

@@ -294,7 +294,7 @@ def tokenize_and_pack(dataset, tokenizer, seq_length: int, num_proc: int | None 
         return {"input_ids": [x + eos for x in ids]}
 
     tokenized = dataset.map(
-        tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing"
+        tokenize, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing"
     )
     packed = pack_dataset(tokenized, seq_length, strategy="wrapped", map_kwargs={"num_proc": num_proc})
     return packed.filter(lambda ids: len(ids) == seq_length, input_columns="input_ids", num_proc=num_proc)

@@ -6,7 +6,7 @@ import math
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llm_recipes.recipe import RecipeError
+from llm_recipes.recipe import RecipeError, unknown_key_message
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ def model_config_from_recipe(
     valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
     for key in architecture:
         if key not in valid and not hasattr(config, key):
-            from llm_recipes.recipe import unknown_key_message
-
-            raise RecipeError(unknown_key_message(key, sorted(valid), f"model_config ({model_type})"))
+            raise RecipeError(unknown_key_message(
+                key, sorted(valid), f"model_config ({model_type})",
+                help_hint=f"Valid keys are the fields of {type(config).__name__}.",
+            ))
     architecture.update(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from llm_recipes.recipe import RecipeError, unknown_key_message
+from llm_recipes.recipe import RecipeError, repo_path, unknown_key_message
 from llm_recipes.stage import is_complete
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -70,11 +68,6 @@ class Pipeline:
         if start:
             return self.stages[names.index(start):]
         return list(self.stages)
-
-
-def repo_path(path: str) -> str:
-    """Scripts, recipes and accelerate configs are found beside the working directory or in the repository."""
-    return path if Path(path).exists() else str(REPO_ROOT / path)
 
 
 def resolve(value, outputs: dict[str, str]) -> str:

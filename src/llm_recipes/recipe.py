@@ -23,6 +23,15 @@ class RecipeError(ValueError):
     """A recipe (or a command-line override) that cannot be run as written."""
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(path: str) -> str:
+    """A file a recipe names (script, template, config): relative to the working directory if it is there,
+    else to the repository, so that recipes work from any working directory."""
+    return path if Path(path).exists() else str(REPO_ROOT / path)
+
+
 def closest_key(key: str, valid_keys: Iterable[str]) -> str | None:
     """The valid key a misspelt `key` most likely meant, or None when nothing is close."""
     valid_keys = list(valid_keys)
@@ -34,10 +43,12 @@ def closest_key(key: str, valid_keys: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_key_message(key: str, valid_keys: Iterable[str], where: str) -> str:
+def unknown_key_message(
+    key: str, valid_keys: Iterable[str], where: str, help_hint: str = "Run the script with --help to list every key."
+) -> str:
     suggestion = closest_key(key, valid_keys)
-    hint = f" Did you mean '{suggestion}'?" if suggestion else ""
-    return f"{where}: unknown key '{key}'.{hint} Run the script with --help to list every key."
+    did_you_mean = f" Did you mean '{suggestion}'?" if suggestion else ""
+    return f"{where}: unknown key '{key}'.{did_you_mean} {help_hint}".rstrip()
 
 
 def _expected_type(action) -> str | None:
