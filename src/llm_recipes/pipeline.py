@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from llm_recipes.recipe import RecipeError, repo_path, unknown_key_message
+from llm_recipes.recipe import RecipeError, closest_key, repo_path, unknown_key_message
 from llm_recipes.stage import is_complete
 
 
@@ -62,7 +62,9 @@ class Pipeline:
         names = [s.name for s in self.stages]
         for wanted in (only, start):
             if wanted is not None and wanted not in names:
-                raise RecipeError(unknown_key_message(wanted, names, "stage").replace("key", "stage"))
+                suggestion = closest_key(wanted, names)
+                raise RecipeError(f"unknown stage '{wanted}'." + (f" Did you mean '{suggestion}'?" if suggestion else "")
+                                  + f" The stages are: {', '.join(names)}.")
         if only:
             return [s for s in self.stages if s.name == only]
         if start:

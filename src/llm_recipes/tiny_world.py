@@ -304,18 +304,13 @@ def message(role: str, content: str) -> dict:
 
 
 def page_sentences(rng: random.Random, pool: OperandPairs | None, count: int, arithmetic_share: float) -> list[str]:
-    """`count` sentences from distinct templates (a page must not repeat n-grams), some of them arithmetic."""
+    """`count` sentences from distinct templates (a page must not repeat n-grams), a fixed share arithmetic."""
+    arithmetic = round(count * arithmetic_share) if pool is not None else 0
     decks = {op: iter(rng.sample(templates, len(templates))) for op, templates in ARITHMETIC_SENTENCES.items()}
-    decks["prose"] = iter(rng.sample(PROSE, len(PROSE)))
-    sentences = []
-    while len(sentences) < count:
-        if pool is not None and rng.random() < arithmetic_share:
-            a, b, op = pool.draw(rng, "train")
-            template = next(decks[op], None)
-            if template:
-                sentences.append(arithmetic_fill(rng, template, a, b, op))
-                continue
-        sentences.append(fill(rng, next(decks["prose"])))
+    sentences = [fill(rng, template) for template in rng.sample(PROSE, count - arithmetic)]
+    for _ in range(arithmetic):
+        a, b, op = pool.draw(rng, "train")
+        sentences.insert(rng.randint(0, len(sentences)), arithmetic_fill(rng, next(decks[op]), a, b, op))
     return sentences
 
 

@@ -1,0 +1,102 @@
+"""The pipeline runner runs stages in order, skips finished ones, resumes cut-off ones and stops at a failure."""
+
+import json
+import textwrap
+
+import pytest
+
+from llm_recipes.pipeline import Pipeline, run
+from llm_recipes.recipe import RecipeError
+
+# A stage script: appends its name to a run log, fails if asked, and marks its output complete unless told to
+# stop half-way (as a killed run would).
+STAGE_SCRIPT = textwrap.dedent("""
+    import argparse, json, os, sys
+    p = argparse.ArgumentParser()
+    p.add_argument("--output_dir"); p.add_argument("--upstream", default=""); p.add_argument("--mode", default="ok")
+    a = p.parse_args()
+    os.makedirs(a.output_dir, exist_ok=True)
+    with open("calls.log", "a") as f:
+        f.write(json.dumps({"output_dir": a.output_dir, "upstream": a.upstream}) + "\\n")
+    if a.mode == "fail":
+        print("something broke"); sys.exit(3)
+    if a.mode == "cut" and not os.path.exists(os.path.join(a.output_dir, "partial")):
+        open(os.path.join(a.output_dir, "partial"), "w").close(); sys.exit(0)
+    json.dump({}, open(os.path.join(a.output_dir, "stage_complete.json"), "w"))
+""")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stage.py").write_text(STAGE_SCRIPT)
+    return tmp_path
+
+
+def make_pipeline(workdir, second_mode="ok"):
+    (workdir / "pipeline.yaml").write_text(textwrap.dedent(f"""
+        log_dir: logs
+        stages:
+          - {{name: first, script: stage.py, output_dir: out/first, launcher: python}}
+          - {{name: second, script: stage.py, output_dir: out/second, launcher: python,
+              args: {{upstream: "{{first}}", mode: {second_mode}}}}}
+          - {{name: third, script: stage.py, output_dir: out/third, launcher: python}}
+    """))
+    return Pipeline.from_yaml(workdir / "pipeline.yaml")
+
+
+def calls(workdir):
+    return [json.loads(line) for line in (workdir / "calls.log").read_text().splitlines()]
+
+
+def test_stages_run_in_order_and_receive_earlier_outputs(workdir):
+    pipeline = make_pipeline(workdir)
+    assert run(pipeline, pipeline.select(), echo=lambda _: None) == 0
+    made = calls(workdir)
+    assert [c["output_dir"] for c in made] == ["out/first", "out/second", "out/third"]
+    assert made[1]["upstream"] == "out/first"
+
+
+def test_complete_stages_are_skipped(workdir):
+    pipeline = make_pipeline(workdir)
+    run(pipeline, pipeline.select(), echo=lambda _: None)
+    run(pipeline, pipeline.select(), echo=lambda _: None)
+    assert len(calls(workdir)) == 3
+
+
+def test_a_cut_off_stage_is_launched_again(workdir):
+    pipeline = make_pipeline(workdir, second_mode="cut")
+    assert run(pipeline, pipeline.select(), echo=lambda _: None) == 1  # exited 0 but never marked complete
+    assert run(pipeline, pipeline.select(), echo=lambda _: None) == 0
+    assert [c["output_dir"] for c in calls(workdir)] == ["out/first", "out/second", "out/second", "out/third"]
+
+
+def test_first_failure_stops_the_run_and_names_the_log(workdir):
+    pipeline = make_pipeline(workdir, second_mode="fail")
+    lines = []
+    assert run(pipeline, pipeline.select(), echo=lines.append) == 3
+    assert not (workdir / "out/third").exists()
+    assert "see logs/second.log" in lines[-1]
+    assert "something broke" in (workdir / "logs/second.log").read_text()
+
+
+def test_from_and_only_select_stages(workdir):
+    pipeline = make_pipeline(workdir)
+    assert [s.name for s in pipeline.select(start="second")] == ["second", "third"]
+    assert [s.name for s in pipeline.select(only="first")] == ["first"]
+    with pytest.raises(RecipeError, match="Did you mean 'second'"):
+        pipeline.select(only="secnd")
+
+
+def test_force_runs_a_complete_stage_anew(workdir):
+    pipeline = make_pipeline(workdir)
+    run(pipeline, pipeline.select(), echo=lambda _: None)
+    run(pipeline, pipeline.select(only="third"), force=True, echo=lambda _: None)
+    assert [c["output_dir"] for c in calls(workdir)][-1] == "out/third"
+    assert len(calls(workdir)) == 4
+
+
+def test_unknown_stage_key_is_refused(workdir):
+    (workdir / "pipeline.yaml").write_text("stages:\n  - {name: a, script: s.py, output_dir: o, confg: x.yaml}\n")
+    with pytest.raises(RecipeError, match="Did you mean 'config'"):
+        Pipeline.from_yaml(workdir / "pipeline.yaml")
