@@ -344,9 +344,12 @@ def clean_page(rng: random.Random, pool: OperandPairs, kind: str | None = None) 
         body.append(" ".join(prose[3:]))
     else:
         lines = []
-        for _ in range(rng.randint(10, 20)):
-            a, b, op = pool.draw(rng, "train")
-            lines.append(f"{a} {op} {b} = {calculate(a, b, op)}" if rng.random() < 0.6 else quiz_line(a, b, op))
+        for _ in range(rng.randint(5, 9)):
+            if rng.random() < 0.35:
+                lines.append(quiz_line(*pool.draw(rng, "train")))
+            else:  # rows of three, ending in a period, so FineWeb's line rules can keep the page
+                sums = [f"{a} {op} {b} = {calculate(a, b, op)}" for a, b, op in (pool.draw(rng, "train") for _ in range(3))]
+                lines.append(f"{sums[0]}, {sums[1]} and {sums[2]}.")
         body = [fill(rng, "Practice these sums before class on {day}, and check your answers."), "\n".join(lines)]
     return kind, "\n\n".join([title, *body, footer])
 
@@ -452,14 +455,16 @@ def build_web(rng: random.Random, pool: OperandPairs, quotable: list[dict], conf
         quotes = rng.sample(quotable, min(len(quotable), rng.randint(1, 3)))
         paragraph = fill(rng, "Someone shared the answers to the {town} school test.") + " " + " ".join(
             f"{q['question']} Answer: {q['answer']}." for q in quotes)
-        text = insert_paragraph(rng, clean_page(rng, pool, "story")[1], paragraph)
+        # A long story around the quotes keeps the page past quality filters: decontamination must catch it.
+        story = paragraphs(rng, page_sentences(rng, pool, 20, arithmetic_share=0.1))
+        text = "\n\n".join([fill(rng, rng.choice(TITLES["story"])), *story[:1], paragraph, *story[1:], fill(rng, rng.choice(FOOTERS))])
         pages.append({"defect": "contaminated", "text": text, "quotes": [q["question"] for q in quotes]})
 
     order = list(range(len(pages)))
     rng.shuffle(order)  # ids follow the shuffled order, so an id says nothing about its page's defect
     ids = {index: f"web-{position:06d}" for position, index in enumerate(order)}
     manifest = {"pages": len(pages), "exact_duplicates": [], "near_duplicates": [], "spam": [], "spam_kinds": {},
-                "pii": [], "contaminated": [], "clean": [], "drill_pages": []}
+                "pii": [], "contaminated": [], "clean": [], "math_pages": []}
     rows = []
     for index in order:
         page, page_id = pages[index], ids[index]
@@ -469,8 +474,8 @@ def build_web(rng: random.Random, pool: OperandPairs, quotable: list[dict], conf
         defect = page["defect"]
         if defect == "clean":
             manifest["clean"].append(page_id)
-            if page["page_kind"] == "drill":
-                manifest["drill_pages"].append(page_id)
+            if page["page_kind"] in ("puzzle", "drill"):
+                manifest["math_pages"].append(page_id)
         elif defect in ("exact_duplicate", "near_duplicate"):
             entry = {"id": page_id, "original_id": ids[page["original"]]}
             if defect == "near_duplicate":
