@@ -26,3 +26,27 @@ def load_script(name: str):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A small tiny world (a few hundred pages), generated once per test session."""
+    from llm_recipes.tiny_world import TinyWorldConfig, generate_tiny_world
+
+    out = tmp_path_factory.mktemp("tiny_world")
+    generate_tiny_world(out, TinyWorldConfig(seed=0, scale=0.1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_world, tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained by scripts/train_tokenizer.py on the small tiny world."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    recipe = out / "tokenizer.yaml"
+    recipe.write_text(
+        f"output_dir: {out}\nvocab_size: 512\nchat_template: recipes/templates/chatml.jinja\n"
+        f"dataset_mixture:\n  datasets: [{tiny_world}/raw/web.jsonl]\n"
+        f"  eval_datasets: [{tiny_world}/raw/web_heldout.jsonl]\n"
+    )
+    load_script("train_tokenizer").main(["--config", str(recipe)])
+    return out

@@ -118,6 +118,10 @@ def finish(trainer, training_args, summary: dict) -> None:
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_state()
+        # Trainer pickles its arguments; a published folder should hold no pickles, so keep them as JSON.
+        output_dir = Path(training_args.output_dir)
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / "training_args.json").write_text(training_args.to_json_string())
         mark_complete(training_args.output_dir, summary)
     if training_args.push_to_hub:
         trainer.push_to_hub()

@@ -1,0 +1,95 @@
+"""Pretraining lowers held-out loss, saves a model plain Transformers reloads, and resumes to the same result."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import load_script
+from llm_recipes.recipe import RecipeError
+
+ARCHITECTURE = """
+model_config:
+  model_type: llama
+  hidden_size: 64
+  intermediate_size: 128
+  num_hidden_layers: 2
+  num_attention_heads: 4
+  num_key_value_heads: 2
+  max_position_embeddings: 256
+  tie_word_embeddings: true
+"""
+
+
+def write_recipe(path, tiny_world, tiny_tokenizer, output_dir, max_steps=120, extra=""):
+    path.write_text(
+        f"output_dir: {output_dir}\ntokenizer_name_or_path: {tiny_tokenizer}\n{ARCHITECTURE}"
+        f"max_seq_length: 64\n"
+        f"dataset_mixture:\n  datasets: [{tiny_world}/raw/web.jsonl]\n"
+        f"  eval_datasets: [{tiny_world}/raw/web_heldout.jsonl]\n"
+        f"use_cpu: true\nseed: 7\nmax_steps: {max_steps}\nper_device_train_batch_size: 16\n"
+        f"learning_rate: 3.0e-3\nwarmup_steps: 5\nlr_scheduler_type: cosine\n"
+        f"eval_strategy: 'no'\neval_on_start: true\nlogging_steps: 10\nsave_strategy: steps\nsave_steps: 40\n"
+        f"report_to: none\ndisable_tqdm: true\n{extra}"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_world, tiny_tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    recipe = write_recipe(out / "recipe.yaml", tiny_world, tiny_tokenizer, out / "model")
+    load_script("pretrain").main(["--config", str(recipe)])
+    return out / "model"
+
+
+def test_pretraining_lowers_held_out_loss(pretrained):
+    summary = json.loads((pretrained / "stage_complete.json").read_text())
+    assert summary["eval_loss"] < 0.6 * summary["eval_loss_before"]
+    assert summary["eval_perplexity"] < summary["eval_perplexity_before"]
+
+
+def test_saved_model_reloads_with_plain_from_pretrained(pretrained):
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2
+    assert (pretrained / "model.safetensors").exists()
+    assert not list(pretrained.rglob("pytorch_model*"))  # weights in safetensors only, checkpoints included
+    assert not list(pretrained.glob("*.bin"))  # the final folder holds no pickles at all
+    assert json.loads((pretrained / "training_args.json").read_text())["max_steps"] == 120
+
+
+def test_resumed_run_ends_with_identical_weights(pretrained, tiny_world, tiny_tokenizer, tmp_path):
+    # A run killed after step 40, with a half-written checkpoint-80 (no trainer state), then launched again.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(pretrained / "checkpoint-40", resumed / "checkpoint-40")
+    (resumed / "checkpoint-80").mkdir()
+    shutil.copy(pretrained / "checkpoint-80" / "model.safetensors", resumed / "checkpoint-80")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_tokenizer, resumed)
+    load_script("pretrain").main(["--config", str(recipe)])
+
+    uninterrupted, continued = load_file(pretrained / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, weight in uninterrupted.items():
+        assert torch.equal(weight, continued[name]), name
+    final = [json.loads((d / "stage_complete.json").read_text())["final_train_loss"] for d in (pretrained, resumed)]
+    assert final[0] == final[1]
+
+
+def test_dry_run_sizes_the_run_and_trains_nothing(tiny_world, tiny_tokenizer, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_tokenizer, tmp_path / "out")
+    load_script("pretrain").main(["--config", str(recipe), "--dry_run"])
+    printed = capsys.readouterr().out
+    assert "tokens per optimizer step: 1,024" in printed  # 16 sequences x 64 tokens x 1 process
+    assert "total steps:             120" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_architecture_key_is_named_before_training(tiny_world, tiny_tokenizer, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_tokenizer, tmp_path / "out")
+    recipe.write_text(recipe.read_text().replace("hidden_size: 64", "hiden_size: 64"))
+    with pytest.raises(RecipeError, match="unknown key 'hiden_size'.*'hidden_size'"):
+        load_script("pretrain").main(["--config", str(recipe)])
+    assert not (tmp_path / "out").exists()

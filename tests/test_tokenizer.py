@@ -1,0 +1,56 @@
+"""The tokenizer stage trains byte-level BPE that AutoTokenizer loads and that round-trips any text."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import load_script
+from llm_recipes.recipe import RecipeError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer)
+
+
+def test_held_out_text_round_trips_exactly(tokenizer, tiny_world):
+    pages = [json.loads(line)["text"] for line in (tiny_world / "raw/web_heldout.jsonl").read_text().splitlines()]
+    for text in pages[:50] + ["Ünïcode → 🙂, tabs\tand  double  spaces, 0123456789"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+        assert tokenizer.unk_token_id not in ids
+
+
+def test_digits_are_split_one_per_token(tokenizer):
+    pieces = [tokenizer.decode([i]) for i in tokenizer("12345", add_special_tokens=False)["input_ids"]]
+    assert pieces == ["1", "2", "3", "4", "5"]
+
+
+def test_special_tokens_are_single_ids_and_pad_differs_from_eos(tokenizer):
+    for token in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]:
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    assert tokenizer.eos_token == "<|endoftext|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_chat_template_marks_assistant_tokens(tokenizer):
+    chat = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]
+    encoded = tokenizer.apply_chat_template(chat, return_dict=True, return_assistant_tokens_mask=True)
+    marked = [t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
+    assert tokenizer.decode(marked) == "4<|im_end|>"
+
+
+def test_fertility_and_bytes_per_token_are_reported(tiny_tokenizer):
+    summary = json.loads((tiny_tokenizer / "stage_complete.json").read_text())
+    assert 1.0 < summary["heldout"]["fertility"] < 4.0
+    assert summary["heldout"]["bytes_per_token"] > 1.5  # merges were learned: better than one byte per token
+
+
+def test_eos_must_be_a_special_token(tmp_path, tiny_world):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"output_dir: {tmp_path}/tok\neos_token: </s>\n"
+                      f"dataset_mixture:\n  datasets: [{tiny_world}/raw/web.jsonl]\n")
+    with pytest.raises(RecipeError, match="eos_token '</s>' must be one of special_tokens"):
+        load_script("train_tokenizer").main(["--config", str(recipe)])
+    assert not (tmp_path / "tok").exists()
