@@ -1,0 +1,331 @@
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import datasets
+import pytest
+
+from llm_recipes import tiny_world
+from llm_recipes.tiny_world import TinyWorldConfig, generate_tiny_world
+
+SMALL = 0.05
+
+# "47 + 35", "47+35", "47 plus 35", "47 minus 35", "47 take away 35"; never part of a longer number.
+EXPRESSION = re.compile(r"(?<!\d)(\d{1,2})\s*(\+|-|plus|minus|take away)\s*(\d{1,2})(?!\d)")
+EQUATION = re.compile(r"(?<!\d)(\d+) ?([+-]) ?(\d+) ?= ?(\d+)(?!\d)")
+TRAINING_FILES = ["raw/web.jsonl", "raw/web_heldout.jsonl", "domain/train.jsonl", "domain/heldout.jsonl",
+                  "sft/train.jsonl", "sft/tools_train.jsonl", "preferences/train.jsonl", "rl/train.jsonl",
+                  "long/train.jsonl"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def strings_in(value) -> list[str]:
+    """Every string inside a JSON value, so a regex never runs over JSON escapes like \\n."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+def triples_in(text: str) -> list[tuple[int, int, str]]:
+    return [(int(a), int(b), "+" if op in ("+", "plus") else "-") for a, op, b in EXPRESSION.findall(text)]
+
+
+def solve(question: str) -> int:
+    """The answer of an arithmetic question or one-step word problem, recomputed independently."""
+    triples = triples_in(question)
+    if triples:
+        a, b, op = triples[0]
+    else:  # a word problem: two numbers, and only subtraction problems ask what is "left"
+        a, b = map(int, re.findall(r"\d+", question))
+        op = "-" if "left" in question else "+"
+    return a + b if op == "+" else a - b
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_world")
+    generate_tiny_world(root, TinyWorldConfig(seed=0, scale=SMALL))
+    return root
+
+
+@pytest.fixture(scope="module")
+def manifest(world) -> dict:
+    return json.loads((world / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def web_pages(world) -> dict[str, str]:
+    return {row["id"]: row["text"] for row in read_jsonl(world / "raw/web.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def heldout(world) -> set[tuple[int, int, str]]:
+    return {(row["a"], row["b"], row["op"]) for row in read_jsonl(world / "eval/heldout_pairs.jsonl")}
+
+
+def test_same_seed_writes_byte_identical_files(tmp_path):
+    generate_tiny_world(tmp_path / "first", TinyWorldConfig(seed=3, scale=SMALL))
+    generate_tiny_world(tmp_path / "second", TinyWorldConfig(seed=3, scale=SMALL))
+    assert file_hashes(tmp_path / "first") == file_hashes(tmp_path / "second")
+
+
+def test_different_seed_writes_different_web_pages(tmp_path):
+    generate_tiny_world(tmp_path / "first", TinyWorldConfig(seed=1, scale=SMALL))
+    generate_tiny_world(tmp_path / "second", TinyWorldConfig(seed=2, scale=SMALL))
+    web = [(tmp_path / name / "raw/web.jsonl").read_bytes() for name in ("first", "second")]
+    assert web[0] != web[1]
+
+
+def test_generation_leaves_no_temporary_files(world):
+    assert not [p for p in world.rglob("*") if p.name.startswith(".")]
+
+
+def test_failed_generation_leaves_no_manifest(tmp_path, monkeypatch):
+    generate_tiny_world(tmp_path, TinyWorldConfig(scale=SMALL))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tiny_world, "build_rl", broken)
+    with pytest.raises(OSError):
+        generate_tiny_world(tmp_path, TinyWorldConfig(scale=SMALL))
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_manifest_rows_and_hashes_match_the_files(world, manifest):
+    written = {str(p.relative_to(world)) for p in world.rglob("*.jsonl")}
+    assert set(manifest["files"]) == written
+    for relpath, entry in manifest["files"].items():
+        data = (world / relpath).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["bytes"] == len(data)
+        assert entry["rows"] == len(data.splitlines())
+    assert manifest["heldout_pairs"] == manifest["files"]["eval/heldout_pairs.jsonl"]["rows"]
+
+
+def test_clean_and_defect_ids_partition_all_web_pages(manifest, web_pages):
+    web = manifest["web"]
+    groups = [web["clean"], [d["id"] for d in web["exact_duplicates"]], [d["id"] for d in web["near_duplicates"]],
+              web["spam"], sorted({p["id"] for p in web["pii"]}), [c["id"] for c in web["contaminated"]]]
+    all_ids = [page_id for group in groups for page_id in group]
+    assert len(all_ids) == len(set(all_ids)) == web["pages"] == len(web_pages)
+    assert set(all_ids) == set(web_pages)
+    assert set(web["math_pages"]) <= set(web["clean"])
+    assert set(web["spam_kinds"]) == set(web["spam"])
+
+
+def test_exact_duplicates_copy_a_clean_original(manifest, web_pages):
+    clean = set(manifest["web"]["clean"])
+    for duplicate in manifest["web"]["exact_duplicates"]:
+        assert duplicate["original_id"] in clean
+        assert web_pages[duplicate["id"]] == web_pages[duplicate["original_id"]]
+
+
+def test_near_duplicates_are_similar_but_not_equal(manifest, web_pages):
+    for duplicate in manifest["web"]["near_duplicates"]:
+        copy, original = web_pages[duplicate["id"]], web_pages[duplicate["original_id"]]
+        assert copy != original
+        assert tiny_world.jaccard(copy, original) >= 0.7
+
+
+def test_every_pii_value_occurs_in_its_page(manifest, web_pages):
+    assert {p["kind"] for p in manifest["web"]["pii"]} == {"email", "phone", "ip"}
+    for found in manifest["web"]["pii"]:
+        assert found["value"] in web_pages[found["id"]]
+
+
+def test_contaminated_pages_quote_eval_questions_with_answers(world, manifest, web_pages):
+    eval_items = read_jsonl(world / "eval/arithmetic.jsonl") + read_jsonl(world / "eval/word_problems.jsonl")
+    answers = {item["question"]: item["answer"] for item in eval_items}
+    for page in manifest["web"]["contaminated"]:
+        assert page["quotes"]
+        for question in page["quotes"]:
+            assert f"{question} Answer: {answers[question]}." in web_pages[page["id"]]
+
+
+def test_no_heldout_pair_in_any_training_file(world, manifest, heldout):
+    contaminated = {page["id"] for page in manifest["web"]["contaminated"]}
+    for relpath in TRAINING_FILES:
+        for row in read_jsonl(world / relpath):
+            if row.get("id") in contaminated:
+                continue
+            for text in strings_in(row):
+                leaked = [t for t in triples_in(text) if t in heldout]
+                assert not leaked, f"{relpath}: held-out {leaked} in {text[:200]!r}"
+
+
+def test_rl_training_word_problems_avoid_heldout_pairs(world, heldout):
+    for row in read_jsonl(world / "rl/train.jsonl"):
+        question = row["prompt"][0]["content"]
+        if not triples_in(question):
+            a, b = map(int, re.findall(r"\d+", question))
+            assert (a, b, "-" if "left" in question else "+") not in heldout
+
+
+def test_eval_and_rl_test_items_use_only_heldout_pairs(world, heldout):
+    questions = [row["question"] for name in ("arithmetic", "word_problems", "multiple_choice")
+                 for row in read_jsonl(world / f"eval/{name}.jsonl")]
+    questions += [row["prompt"][0]["content"] for row in read_jsonl(world / "rl/test.jsonl")]
+    for question in questions:
+        triples = triples_in(question)
+        if not triples:
+            a, b = map(int, re.findall(r"\d+", question))
+            triples = [(a, b, "-" if "left" in question else "+")]
+        assert triples[0] in heldout, question
+
+
+def test_rl_and_eval_answers_are_correct(world):
+    for relpath in ("rl/train.jsonl", "rl/test.jsonl"):
+        for row in read_jsonl(world / relpath):
+            assert row["answer"] == str(solve(row["prompt"][0]["content"]))
+    for name in ("arithmetic", "word_problems"):
+        for row in read_jsonl(world / f"eval/{name}.jsonl"):
+            assert row["answer"] == str(solve(row["question"]))
+    for row in read_jsonl(world / "eval/arithmetic.jsonl"):
+        assert solve(row["prompt"].replace("Q: ", "").split("=")[0]) == int(row["answer"])
+    for row in read_jsonl(world / "eval/multiple_choice.jsonl"):
+        assert len(set(row["choices"])) == 4
+        assert row["choices"][row["label"]] == str(solve(row["question"]))
+
+
+def test_every_written_equation_is_true(world, manifest):
+    # Everything but rejected preference answers, whose whole point is being wrong.
+    files = ["raw/web.jsonl", "domain/train.jsonl", "domain/heldout.jsonl", "sft/train.jsonl", "sft/test.jsonl",
+             "sft/tools_train.jsonl", "sft/tools_test.jsonl"]
+    checked = 0
+    for relpath in files:
+        for row in read_jsonl(world / relpath):
+            for text in strings_in({k: v for k, v in row.items() if k != "rejected"}):
+                for a, op, b, c in EQUATION.findall(text):
+                    assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)), f"{relpath}: {text!r}"
+                    checked += 1
+    assert checked > 1000
+
+
+def test_sft_answers_end_with_the_result_of_their_computation(world):
+    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "sft/tools_train.jsonl", "sft/tools_test.jsonl"):
+        for row in read_jsonl(world / relpath):
+            for turn in row["messages"]:
+                equations = EQUATION.findall(turn["content"])
+                if turn["role"] == "assistant" and equations:
+                    assert turn["content"].endswith(f"The answer is {equations[-1][3]}.")
+
+
+def test_tool_results_match_the_calculator_expression(world):
+    for row in read_jsonl(world / "sft/tools_train.jsonl"):
+        call, result = row["messages"][1], row["messages"][2]
+        expression = call["tool_calls"][0]["function"]["arguments"]["expression"]
+        a, op, b = expression.split()
+        assert result == {"role": "tool", "name": "calculator", "tool_calls": None,
+                          "content": str(int(a) + int(b) if op == "+" else int(a) - int(b))}
+
+
+def test_tool_messages_all_have_the_same_keys(world):
+    keys = {tuple(sorted(m)) for row in read_jsonl(world / "sft/tools_train.jsonl") for m in row["messages"]}
+    assert keys == {("content", "name", "role", "tool_calls")}
+
+
+def test_preferences_cover_forbidden_and_benign_requests(world):
+    rows = read_jsonl(world / "preferences/train.jsonl")
+    refusals = [r for r in rows if r["chosen"][0]["content"] in {t.format(name=n) for t in tiny_world.REFUSALS
+                                                                  for n in tiny_world.NAMES}]
+    assert refusals and all(r["rejected"][0]["content"].startswith(("Sure", "Of course")) for r in refusals)
+    needless = [r for r in rows if r["rejected"][0]["content"] in tiny_world.NEEDLESS_REFUSALS]
+    assert needless
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_safety_eval_prompts_are_never_used_in_training(world):
+    safety = read_jsonl(world / "eval/safety.jsonl")
+    assert {row["kind"] for row in safety} == {"forbidden", "benign"}
+    trained = set()
+    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "preferences/train.jsonl", "preferences/test.jsonl"):
+        for row in read_jsonl(world / relpath):
+            trained.update(m["content"] for m in row.get("messages", row.get("prompt")) if m["role"] == "user")
+    assert not trained & {row["prompt"] for row in safety}
+
+
+def test_passkey_answers_are_in_their_text_and_never_reused_for_training(world):
+    passkey = read_jsonl(world / "eval/passkey.jsonl")
+    for row in passkey:
+        assert f"The pass key is {row['answer']}. Remember it." in row["text"]
+        assert re.findall(r"\d+", row["text"]) == [row["answer"]]
+    long_train = read_jsonl(world / "long/train.jsonl")
+    assert all(row["text"].endswith(f"The pass key is {row['answer']}.") for row in long_train)
+    assert not {row["answer"] for row in passkey} & {row["answer"] for row in long_train}
+
+
+def test_web_heldout_pages_never_appear_in_web(world, web_pages):
+    texts = set(web_pages.values())
+    assert not [row for row in read_jsonl(world / "raw/web_heldout.jsonl") if row["text"] in texts]
+
+
+STAGE_COLUMNS = {
+    "raw/web.jsonl": {"id", "url", "text", "source", "license"},
+    "raw/web_heldout.jsonl": {"text"},
+    "domain/train.jsonl": {"text"},
+    "domain/heldout.jsonl": {"text"},
+    "sft/train.jsonl": {"messages"},
+    "sft/test.jsonl": {"messages"},
+    "sft/tools_train.jsonl": {"tools", "messages"},
+    "sft/tools_test.jsonl": {"tools", "messages"},
+    "preferences/train.jsonl": {"prompt", "chosen", "rejected"},
+    "preferences/test.jsonl": {"prompt", "chosen", "rejected"},
+    "rl/train.jsonl": {"prompt", "answer"},
+    "rl/test.jsonl": {"prompt", "answer"},
+    "eval/arithmetic.jsonl": {"question", "answer", "prompt"},
+    "eval/word_problems.jsonl": {"question", "answer"},
+    "eval/multiple_choice.jsonl": {"question", "choices", "label"},
+    "eval/safety.jsonl": {"prompt", "kind"},
+    "eval/passkey.jsonl": {"context_words", "text", "question", "answer"},
+    "eval/heldout_pairs.jsonl": {"a", "b", "op"},
+    "long/train.jsonl": {"text", "answer"},
+}
+
+
+def test_every_file_loads_with_datasets_and_has_its_stage_columns(world, manifest, tmp_path):
+    assert set(STAGE_COLUMNS) == set(manifest["files"])
+    for relpath, columns in STAGE_COLUMNS.items():
+        dataset = datasets.load_dataset("json", data_files=str(world / relpath), split="train",
+                                        cache_dir=str(tmp_path / "cache"))
+        assert columns <= set(dataset.column_names), relpath
+        assert len(dataset) == manifest["files"][relpath]["rows"]
+
+
+def test_config_with_more_defects_than_pages_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="web_pages"):
+        generate_tiny_world(tmp_path, TinyWorldConfig(web_pages=100, spam_pages=95))
+
+
+def test_heldout_fraction_outside_its_range_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        generate_tiny_world(tmp_path, TinyWorldConfig(heldout_fraction=0.0, scale=SMALL))
+
+
+def test_every_config_field_is_documented():
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TinyWorldConfig))
+
+
+def test_default_world_has_the_target_sizes(tmp_path):
+    files = generate_tiny_world(tmp_path, TinyWorldConfig())["files"]
+    assert 2.5e6 < files["raw/web.jsonl"]["bytes"] < 3.5e6
+    assert 0.8e6 < files["domain/train.jsonl"]["bytes"] < 1.3e6
+    rows = {relpath: entry["rows"] for relpath, entry in files.items()}
+    assert rows["sft/train.jsonl"] == 4000 and rows["sft/test.jsonl"] == 300
+    assert rows["sft/tools_train.jsonl"] == 500 and rows["preferences/train.jsonl"] == 3000
+    assert rows["rl/train.jsonl"] == 3000 and rows["eval/arithmetic.jsonl"] == 300
+    assert rows["eval/safety.jsonl"] == 200 and rows["eval/passkey.jsonl"] == 200
