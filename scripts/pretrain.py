@@ -1,7 +1,8 @@
 """Pretrain (or continue pretraining) a causal language model on packed text.
 
     accelerate launch scripts/pretrain.py --config recipes/tiny/pretrain.yaml
-    accelerate launch --config_file accelerate_configs/zero2.yaml scripts/pretrain.py --config recipes/<model>/pretrain.yaml
+    accelerate launch --config_file accelerate_configs/zero2.yaml scripts/pretrain.py \
+        --config recipes/<model>/pretrain.yaml
 
 The model is built from the recipe's `model_config` (from scratch) or loaded from `model_name_or_path`
 (continued pretraining). Documents are tokenized, joined with EOS and cut into full blocks of
@@ -17,7 +18,14 @@ from trl import ModelConfig
 
 from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns, tokenize_and_pack
-from llm_recipes.model import ceil_div, format_count, load_causal_lm, load_tokenizer, meta_model, training_memory_estimate
+from llm_recipes.model import (
+    ceil_div,
+    format_count,
+    load_causal_lm,
+    load_tokenizer,
+    meta_model,
+    training_memory_estimate,
+)
 from llm_recipes.recipe import RecipeError, RecipeParser
 
 

@@ -28,7 +28,9 @@ class TokenizerArguments(stage.StageArguments):
         default_factory=lambda: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
         metadata={"help": "Tokens never split and never merged; they get the first ids, in this order."},
     )
-    bos_token: str | None = field(default=None, metadata={"help": "Beginning-of-sequence token, if the model uses one."})
+    bos_token: str | None = field(
+        default=None, metadata={"help": "Beginning-of-sequence token, if the model uses one."}
+    )
     eos_token: str = field(default="<|endoftext|>", metadata={"help": "Token that ends a document."})
     pad_token: str = field(default="<|pad|>", metadata={"help": "Padding token; must differ from eos_token."})
     split_digits: bool = field(default=True, metadata={"help": "Split numbers into single digits (as Llama 3 and "

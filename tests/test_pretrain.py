@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import load_script
 from llm_recipes.recipe import RecipeError
 
 ARCHITECTURE = """

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import load_script
 from transformers import AutoTokenizer
 
-from conftest import load_script
 from llm_recipes.recipe import RecipeError
 
 

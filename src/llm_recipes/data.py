@@ -6,7 +6,9 @@ proportional to its weight, until the example (or token) budget is spent. A smal
 a large one cut, and the mixture report says what each source contributed.
 """
 
+import bisect
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,11 +231,9 @@ def build_mixture(
     if count_tokens is not None:
         token_counts = [count_tokens(example) for example in mixed]
         if mixture.max_tokens is not None:
-            total, keep = 0, 0
-            for keep, n in enumerate(token_counts, start=1):
-                total += n
-                if total >= mixture.max_tokens:
-                    break
+            # Keep examples up to and including the one that spends the budget.
+            keep = min(bisect.bisect_left(list(itertools.accumulate(token_counts)), mixture.max_tokens) + 1,
+                       len(token_counts))
             mixed = mixed.select(range(keep))
             token_counts = token_counts[:keep]
     elif mixture.max_tokens is not None:

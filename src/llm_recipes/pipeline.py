@@ -56,15 +56,15 @@ class Pipeline:
         names = [s.name for s in stages]
         if not stages or len(set(names)) != len(names):
             raise RecipeError(f"{path}: needs a list of stages with distinct names (got {names}).")
-        return cls(stages=stages, accelerate_config=raw.get("accelerate_config"), log_dir=raw.get("log_dir", "runs/logs"))
+        return cls(stages, raw.get("accelerate_config"), raw.get("log_dir", "runs/logs"))
 
     def select(self, only: str | None = None, start: str | None = None) -> list[Stage]:
         names = [s.name for s in self.stages]
         for wanted in (only, start):
             if wanted is not None and wanted not in names:
                 suggestion = closest_key(wanted, names)
-                raise RecipeError(f"unknown stage '{wanted}'." + (f" Did you mean '{suggestion}'?" if suggestion else "")
-                                  + f" The stages are: {', '.join(names)}.")
+                did_you_mean = f" Did you mean '{suggestion}'?" if suggestion else ""
+                raise RecipeError(f"unknown stage '{wanted}'.{did_you_mean} The stages are: {', '.join(names)}.")
         if only:
             return [s for s in self.stages if s.name == only]
         if start:

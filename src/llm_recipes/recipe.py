@@ -14,7 +14,6 @@ from pathlib import Path
 import yaml
 from trl import TrlParser
 
-
 # Keys that hold credentials: they end up in logs, process lists and model cards, so recipes may not set them.
 SECRET_KEYS = {"hub_token"}
 

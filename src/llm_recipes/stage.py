@@ -72,7 +72,9 @@ def mark_complete(output_dir: str | Path, summary: dict) -> None:
 def setup_logging(training_args=None) -> None:
     """Log from the main process at INFO, and quietly from the others."""
     logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
     )
     level = logging.INFO
     if training_args is not None:
