@@ -20,8 +20,11 @@ class TinyDataArguments(TinyWorldConfig):
     output_dir: str = field(default="runs/tiny/data", metadata={"help": "Folder the tiny world is written to."})
 
 
+ARGUMENTS = (TinyDataArguments,)
+
+
 def main(argv=None):
-    (args,) = RecipeParser(TinyDataArguments).parse(argv)
+    (args,) = RecipeParser(ARGUMENTS).parse(argv)
     stage.setup_logging()
     config = TinyWorldConfig(**{k: v for k, v in vars(args).items() if k != "output_dir"})
     started = time.time()

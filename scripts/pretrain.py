@@ -38,23 +38,31 @@ class PretrainArguments(stage.StageArguments):
                   "ids come from the tokenizer. Leave unset to start from `model_name_or_path`."},
     )
     max_seq_length: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes that tokenize and pack."})
+
+
+# What a recipe of this stage may hold, and the columns its datasets need (the recipe test reads both).
+ARGUMENTS = (PretrainArguments, ModelConfig, TrainingArguments)
+DATASET_FORMAT = "text"
 
 
 def main(argv=None):
-    parser = RecipeParser((PretrainArguments, ModelConfig, TrainingArguments))
-    args, model_args, training_args = parser.parse(argv)
+    args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
     stage.setup_logging(training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
-    check_declared_columns(mixture, "text")
+    check_declared_columns(mixture, DATASET_FORMAT)
+    if mixture.streaming:
+        raise RecipeError("dataset_mixture.streaming: pretraining packs a map-style dataset; download the data "
+                          "(cap it with max_examples or max_tokens) instead of streaming it.")
     if not (model_args.model_name_or_path or args.model_config):
         raise RecipeError("Set model_name_or_path (continue from a checkpoint) or model_config (from scratch).")
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code)
 
     # Counting tokens costs a tokenization pass, so only a token budget pays for it.
     count_tokens = (lambda ex: len(tokenizer(ex["text"])["input_ids"]) + 1) if mixture.max_tokens else None
-    data, report = build_mixture(mixture, "text", count_tokens)
+    data, report = build_mixture(mixture, DATASET_FORMAT, count_tokens)
     stage.logger.info("Dataset mixture (%s examples):\n%s", f"{report.total_examples:,}", report.to_markdown())
-    blocks = tokenize_and_pack(data, tokenizer, args.max_seq_length)
+    blocks = tokenize_and_pack(data, tokenizer, args.max_seq_length, args.dataset_num_proc)
 
     tokens_per_step = (args.max_seq_length * training_args.per_device_train_batch_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)

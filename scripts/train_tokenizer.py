@@ -67,8 +67,12 @@ def measure(tokenizer, texts) -> dict:
     return {"fertility": tokens / max(words, 1), "bytes_per_token": size / max(tokens, 1), "tokens": tokens}
 
 
+ARGUMENTS = (TokenizerArguments,)
+DATASET_FORMAT = "text"
+
+
 def main(argv=None):
-    (args,) = RecipeParser(TokenizerArguments).parse(argv)
+    (args,) = RecipeParser(ARGUMENTS).parse(argv)
     stage.setup_logging()
     for name in ("eos_token", "pad_token", "bos_token"):
         token = getattr(args, name)
@@ -83,8 +87,8 @@ def main(argv=None):
             raise RecipeError(f"chat_template: file not found: {args.chat_template}")
         template = template_path.read_text()
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
-    check_declared_columns(mixture, "text")
-    data, report = build_mixture(mixture, "text")
+    check_declared_columns(mixture, DATASET_FORMAT)
+    data, report = build_mixture(mixture, DATASET_FORMAT)
     stage.logger.info("Training on %s documents:\n%s", f"{report.total_examples:,}", report.to_markdown())
     if args.dry_run:
         print(f"documents: {report.total_examples:,}; vocab_size: {args.vocab_size:,}; output: {args.output_dir}")

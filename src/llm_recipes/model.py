@@ -22,12 +22,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
 
 
 def model_config_from_recipe(
-    architecture: dict, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False
+    architecture: dict, tokenizer: PreTrainedTokenizerBase | None, trust_remote_code: bool = False
 ):
     """A Transformers config for a model trained from scratch, from the recipe's `model_config:` mapping.
 
     `model_type` picks the family (llama, qwen3, ...); every other key is that family's config field. The
-    vocabulary and special token ids always come from the tokenizer, so the two cannot disagree.
+    vocabulary and special token ids always come from the tokenizer, so the two cannot disagree (without a
+    tokenizer, only the keys are checked).
     """
     architecture = dict(architecture)
     model_type = architecture.pop("model_type", None)
@@ -44,6 +45,8 @@ def model_config_from_recipe(
                 key, sorted(valid), f"model_config ({model_type})",
                 help_hint=f"Valid keys are the fields of {type(config).__name__}.",
             ))
+    if tokenizer is None:
+        return config
     architecture.update(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

@@ -1,0 +1,40 @@
+"""Every recipe in the repository parses through its stage's parser, so that none can rot unnoticed."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, load_script
+from llm_recipes.data import DatasetMixture, check_declared_columns
+from llm_recipes.model import model_config_from_recipe
+from llm_recipes.pipeline import Pipeline
+from llm_recipes.recipe import RecipeParser, repo_path
+
+# Recipe file name -> the script that runs it, where the two names differ.
+SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data"}
+RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
+PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
+def test_recipe_parses_and_declares_the_columns_its_stage_needs(recipe: Path):
+    script = load_script(SCRIPT_FOR.get(recipe.stem, recipe.stem))
+    # GPU recipes set bf16, which TrainingArguments only accepts where a GPU is seen; parse them as on a CPU.
+    overrides = ["--use_cpu", "true"] if "use_cpu" in RecipeParser(script.ARGUMENTS)._actions_by_key() else []
+    parsed = RecipeParser(script.ARGUMENTS).parse_or_raise(["--config", str(recipe), *overrides])
+    args = parsed[0]
+    if getattr(args, "dataset_mixture", None) is not None:
+        check_declared_columns(DatasetMixture.from_recipe(args.dataset_mixture), script.DATASET_FORMAT)
+    if getattr(args, "model_config", None):
+        model_config_from_recipe(args.model_config, tokenizer=None)
+    if getattr(args, "chat_template", None):
+        assert Path(repo_path(args.chat_template)).is_file()
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES, ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
+def test_pipeline_names_existing_scripts_and_recipes(pipeline: Path):
+    parsed = Pipeline.from_yaml(pipeline)
+    for stage in parsed.stages:
+        assert (REPO_ROOT / stage.script).is_file(), stage.script
+        assert stage.config is None or (REPO_ROOT / stage.config).is_file(), stage.config
+    assert parsed.accelerate_config is None or (REPO_ROOT / parsed.accelerate_config).is_file()
