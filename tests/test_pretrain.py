@@ -93,3 +93,12 @@ def test_unknown_architecture_key_is_named_before_training(tiny_world, tiny_toke
     with pytest.raises(RecipeError, match="unknown key 'hiden_size'.*'hidden_size'"):
         load_script("pretrain").main(["--config", str(recipe)])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_architecture_trains_from_the_same_script(tiny_world, tiny_tokenizer, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_tokenizer, tmp_path / "qwen3", max_steps=40)
+    recipe.write_text(recipe.read_text().replace("model_type: llama", "model_type: qwen3\n  head_dim: 16"))
+    load_script("pretrain").main(["--config", str(recipe)])
+    summary = json.loads((tmp_path / "qwen3" / "stage_complete.json").read_text())
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3").config.model_type == "qwen3"
+    assert summary["eval_loss"] < 0.8 * summary["eval_loss_before"]

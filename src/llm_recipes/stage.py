@@ -69,19 +69,33 @@ def mark_complete(output_dir: str | Path, summary: dict) -> None:
     write_json_atomic(Path(output_dir) / COMPLETE_MARKER, summary)
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (test runners and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(training_args=None) -> None:
     """Log from the main process at INFO, and quietly from the others."""
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    level = logging.INFO
+    if not logger.handlers:  # our own handler: a library may already have configured the root logger
+        handler = _CurrentStdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    # Our own messages (mixture report, resuming, results) at INFO on the main process; Transformers keeps
+    # the verbosity the recipe's `log_level` asks for.
+    main_process = training_args is None or training_args.should_log
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
     if training_args is not None:
         level = training_args.get_process_log_level()
-    logger.setLevel(level)
-    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
-    transformers.utils.logging.set_verbosity(level)
+        datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+        transformers.utils.logging.set_verbosity(level)
 
 
 def _is_complete_checkpoint(folder: Path) -> bool:
