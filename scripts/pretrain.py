@@ -37,7 +37,18 @@ class PretrainArguments(stage.StageArguments):
                   "family's config fields (hidden_size, num_hidden_layers, ...). Vocabulary size and special token "
                   "ids come from the tokenizer. Leave unset to start from `model_name_or_path`."},
     )
-    max_seq_length: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
+    model_config_overrides: dict | None = field(
+        default=None,
+        metadata={"help": "Config fields to change on the checkpoint of `model_name_or_path` before loading it, "
+                  "e.g. {rope_parameters: {rope_type: yarn, factor: 4.0, ...}, max_position_embeddings: 512} "
+                  "to extend the context window."},
+    )
+    max_seq_length: int = field(default=512, metadata={"help": "Tokens per training sequence."})
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Cut the token stream into full blocks of max_seq_length (no padding). Set false to keep "
+                  "each document whole in its own sequence (truncated, padded), e.g. for long-context retrieval."},
+    )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes that tokenize and pack."})
 
 
@@ -56,13 +67,19 @@ def main(argv=None):
                           "(cap it with max_examples or max_tokens) instead of streaming it.")
     if not (model_args.model_name_or_path or args.model_config):
         raise RecipeError("Set model_name_or_path (continue from a checkpoint) or model_config (from scratch).")
+    if args.model_config_overrides and not model_args.model_name_or_path:
+        raise RecipeError("model_config_overrides changes a checkpoint's config; from scratch, set model_config.")
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code)
+    # The model's shape, on the meta device: checks the architecture keys before any data is read.
+    sized_model = meta_model(model_args.model_name_or_path, args.model_config, tokenizer, args.trust_remote_code,
+                             config_overrides=args.model_config_overrides)
 
     # Counting tokens costs a tokenization pass, so only a token budget pays for it.
     count_tokens = (lambda ex: len(tokenizer(ex["text"])["input_ids"]) + 1) if mixture.max_tokens else None
     data, report = build_mixture(mixture, DATASET_FORMAT, count_tokens)
     stage.logger.info("Dataset mixture (%s examples):\n%s", f"{report.total_examples:,}", report.to_markdown())
-    blocks = tokenize_and_pack(data, tokenizer, args.max_seq_length, args.dataset_num_proc)
+    blocks = tokenize_and_pack(data, tokenizer, args.max_seq_length, args.dataset_num_proc, args.packing)
+    held_out = {name: split for name, split in blocks.items() if name != "train"}
 
     tokens_per_step = (args.max_seq_length * training_args.per_device_train_batch_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)
@@ -70,9 +87,8 @@ def main(argv=None):
     total_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
         steps_per_epoch * training_args.num_train_epochs)
     if args.dry_run:
-        model = meta_model(model_args.model_name_or_path, args.model_config, tokenizer, args.trust_remote_code)
         memory = training_memory_estimate(
-            model, training_args.per_device_train_batch_size, args.max_seq_length,
+            sized_model, training_args.per_device_train_batch_size, args.max_seq_length,
             bytes_per_param=2 if (training_args.bf16 or training_args.fp16) else 4,
         )
         print(f"parameters:              {format_count(memory['parameters'])}")
@@ -87,13 +103,15 @@ def main(argv=None):
     model = load_causal_lm(
         model_args.model_name_or_path, args.model_config, tokenizer, model_args.dtype,
         model_args.attn_implementation, args.trust_remote_code, model_args.model_revision,
+        args.model_config_overrides,
     )
     stage.logger.info("Model: %s parameters", format_count(model.num_parameters()))
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=blocks["train"],
-        eval_dataset=blocks.get("test"),
+        # One held-out set is "eval_loss"; several are evaluated apart, as eval_<name>_loss.
+        eval_dataset=held_out.get("test") if list(held_out) == ["test"] else (held_out or None),
         processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
@@ -108,15 +126,18 @@ def main(argv=None):
         "parameters": model.num_parameters(),
         "mixture": report.rows,
     }
-    if "test" in blocks:
-        before = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h["step"] == 0]
+    if held_out:
         metrics = trainer.evaluate()
-        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+        for loss_key in [k for k in metrics if k.endswith("_loss")]:
+            metrics[loss_key.replace("_loss", "_perplexity")] = math.exp(metrics[loss_key])
+            before = [h[loss_key] for h in trainer.state.log_history if loss_key in h and h["step"] == 0]
+            summary[loss_key] = metrics[loss_key]
+            summary[loss_key.replace("_loss", "_perplexity")] = math.exp(metrics[loss_key])
+            if before:  # from eval_on_start
+                summary[loss_key + "_before"] = before[0]
+                summary[loss_key.replace("_loss", "_perplexity") + "_before"] = math.exp(before[0])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-        summary.update(eval_loss=metrics["eval_loss"], eval_perplexity=metrics["eval_perplexity"])
-        if before:
-            summary.update(eval_loss_before=before[0], eval_perplexity_before=math.exp(before[0]))
     stage.finish(trainer, training_args, summary)
 
 

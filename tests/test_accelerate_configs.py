@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-
 from conftest import REPO_ROOT
 
 CONFIGS = sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml"))

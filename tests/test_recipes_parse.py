@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, load_script
+
 from llm_recipes.data import DatasetMixture, check_declared_columns
 from llm_recipes.model import model_config_from_recipe
 from llm_recipes.pipeline import Pipeline

@@ -8,9 +8,8 @@ import sys
 import time
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from conftest import REPO_ROOT
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PIPELINE = [sys.executable, str(REPO_ROOT / "scripts/run_pipeline.py"), "--config",
             str(REPO_ROOT / "recipes/tiny/pipeline.yaml")]

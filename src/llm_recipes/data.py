@@ -80,7 +80,9 @@ class DatasetMixture:
     """What a recipe's `dataset_mixture:` block holds."""
 
     datasets: list[DatasetSource]
-    eval_datasets: list[DatasetSource] = field(default_factory=list)
+    # A list is one held-out set ("test"); a mapping of name -> dataset gives one named set each, which the
+    # Trainer evaluates separately (eval_<name>_loss): e.g. domain and general perplexity after domain adaptation.
+    eval_datasets: list[DatasetSource] | dict[str, DatasetSource] = field(default_factory=list)
     test_split_size: float | int | None = None
     max_examples: int | None = None
     max_tokens: int | None = None
@@ -96,6 +98,14 @@ class DatasetMixture:
         kwargs = _checked_fields(cls, value, where)
         for list_key in ("datasets", "eval_datasets"):
             sources = kwargs.get(list_key) or []
+            if isinstance(sources, dict) and list_key == "eval_datasets":
+                if "train" in sources:
+                    raise RecipeError(f"{where}.eval_datasets: 'train' cannot name a held-out set.")
+                kwargs[list_key] = {
+                    name: DatasetSource(**_checked_fields(DatasetSource, s, f"{where}.{list_key}.{name}"))
+                    for name, s in sources.items()
+                }
+                continue
             if not isinstance(sources, list):
                 raise RecipeError(f"{where}.{list_key}: must be a list of datasets.")
             kwargs[list_key] = [
@@ -109,6 +119,13 @@ class DatasetMixture:
             raise RecipeError(f"{where}.stopping_strategy: expects all_exhausted, first_exhausted or "
                               f"all_exhausted_without_replacement, got {mixture.stopping_strategy!r}.")
         return mixture
+
+    @property
+    def held_out_sources(self) -> dict[str, DatasetSource]:
+        """Held-out sets by split name; an unnamed list is one split, "test"."""
+        if isinstance(self.eval_datasets, dict):
+            return dict(self.eval_datasets)
+        return {f"test[{i}]": s for i, s in enumerate(self.eval_datasets)}
 
     @property
     def probabilities(self) -> list[float]:
@@ -151,7 +168,7 @@ def check_format(columns: list[str], fmt: str, source: str) -> tuple[str, ...]:
 
 def check_declared_columns(mixture: DatasetMixture, fmt: str) -> None:
     """Check the format against the `columns:` a recipe declares, without loading anything (for Hub datasets)."""
-    for source in mixture.datasets + mixture.eval_datasets:
+    for source in mixture.datasets + list(mixture.held_out_sources.values()):
         if source.columns is not None:
             renamed = [(source.rename_columns or {}).get(c, c) for c in source.columns]
             check_format(renamed, fmt, source.describe())
@@ -212,9 +229,11 @@ def build_mixture(
     the budget is spent.
     """
     sources = [load_source(s, fmt, mixture.streaming) for s in mixture.datasets]
-    eval_sets = [load_source(s, fmt, mixture.streaming) for s in mixture.eval_datasets]
+    held_out = {name: load_source(s, fmt, mixture.streaming) for name, s in mixture.held_out_sources.items()}
+    if isinstance(mixture.eval_datasets, list) and held_out:
+        held_out = {"test": datasets.concatenate_datasets(list(held_out.values()))}
     if mixture.streaming:
-        return _stream_mixture(mixture, sources, eval_sets), MixtureReport()
+        return _stream_mixture(mixture, sources, held_out), MixtureReport()
 
     tagged = [d.add_column("source_index", [i] * len(d)) for i, d in enumerate(sources)]
     if len(tagged) == 1:
@@ -246,9 +265,8 @@ def build_mixture(
     if mixture.test_split_size:
         split = mixed.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
         splits = {"train": split["train"], "test": split["test"]}
-    if eval_sets:
-        held_out = datasets.concatenate_datasets(eval_sets)
-        splits["test"] = datasets.concatenate_datasets([splits["test"], held_out]) if "test" in splits else held_out
+    for name, dataset in held_out.items():
+        splits[name] = datasets.concatenate_datasets([splits[name], dataset]) if name in splits else dataset
     return datasets.DatasetDict(splits), report
 
 
@@ -269,32 +287,37 @@ def _report(mixture, sources, source_index, token_counts) -> MixtureReport:
     return report
 
 
-def _stream_mixture(mixture, sources, eval_sets) -> datasets.IterableDatasetDict:
+def _stream_mixture(mixture, sources, held_out) -> datasets.IterableDatasetDict:
     mixed = sources[0] if len(sources) == 1 else datasets.interleave_datasets(
         sources, probabilities=mixture.probabilities, seed=mixture.seed, stopping_strategy=mixture.stopping_strategy
     )
     mixed = mixed.shuffle(seed=mixture.seed, buffer_size=10_000)
     if mixture.max_examples is not None:
         mixed = mixed.take(mixture.max_examples)
-    splits = {"train": mixed}
-    if eval_sets:
-        splits["test"] = datasets.concatenate_datasets(eval_sets)
-    return datasets.IterableDatasetDict(splits)
+    return datasets.IterableDatasetDict({"train": mixed, **held_out})
 
 
-def tokenize_and_pack(dataset, tokenizer, seq_length: int, num_proc: int | None = None):
-    """Tokenize a text dataset, end every document with EOS, and cut the stream into full blocks of
-    `seq_length` tokens (TRL's "wrapped" packing): no padding, and the last partial block is dropped."""
+def tokenize_and_pack(dataset, tokenizer, seq_length: int, num_proc: int | None = None, packing: bool = True):
+    """Tokenize a text dataset and end every document with EOS.
+
+    With `packing`, the token stream is cut into full blocks of `seq_length` (TRL's "wrapped" packing): no
+    padding, and the last partial block is dropped. Without it, each document is one sequence, truncated to
+    `seq_length` (its EOS kept) and padded per batch by the collator: slower, but a document is never split,
+    which tasks whose question depends on the start of the document (long-context retrieval) need.
+    """
     from trl import pack_dataset
 
     eos = [tokenizer.eos_token_id]
+    limit = None if packing else seq_length - 1
 
     def tokenize(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [x + eos for x in ids]}
+        return {"input_ids": [x[:limit] + eos for x in ids]}
 
     tokenized = dataset.map(
         tokenize, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing"
     )
+    if not packing:
+        return tokenized
     packed = pack_dataset(tokenized, seq_length, strategy="wrapped", map_kwargs={"num_proc": num_proc})
     return packed.filter(lambda ids: len(ids) == seq_length, input_columns="input_ids", num_proc=num_proc)

@@ -56,6 +56,20 @@ def model_config_from_recipe(
     return AutoConfig.for_model(model_type, **architecture)
 
 
+def apply_config_overrides(config, overrides: dict) -> None:
+    """Set fields of a loaded config, naming any key the architecture does not have."""
+    valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+    for key, value in overrides.items():
+        if key not in valid:
+            raise RecipeError(unknown_key_message(
+                key, sorted(valid), f"model_config_overrides ({config.model_type})",
+                help_hint=f"Valid keys are the fields of {type(config).__name__}.",
+            ))
+        setattr(config, key, value)
+    if hasattr(config, "validate_rope") and "rope_parameters" in overrides:
+        config.validate_rope()
+
+
 def torch_dtype(name: str | None):
     if name in (None, "auto"):
         return name
@@ -72,11 +86,19 @@ def load_causal_lm(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    config_overrides: dict | None = None,
 ):
-    """Start from a checkpoint (`model_name_or_path`) or build a fresh model from the recipe's architecture."""
+    """Start from a checkpoint (`model_name_or_path`) or build a fresh model from the recipe's architecture.
+
+    `config_overrides` changes fields of a checkpoint's config before its weights are loaded, e.g. RoPE scaling
+    and `max_position_embeddings` to extend the context window.
+    """
     if model_name_or_path:
+        config = AutoConfig.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        apply_config_overrides(config, config_overrides or {})
         return AutoModelForCausalLM.from_pretrained(
             model_name_or_path,
+            config=config,
             revision=revision,
             dtype=torch_dtype(dtype),
             attn_implementation=attn_implementation,
@@ -94,10 +116,13 @@ def load_causal_lm(
     return model
 
 
-def meta_model(model_name_or_path, architecture, tokenizer, trust_remote_code=False, revision=None):
+def meta_model(
+    model_name_or_path, architecture, tokenizer, trust_remote_code=False, revision=None, config_overrides=None
+):
     """The model's structure with no weights allocated, to size a run before spending any memory on it."""
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+        apply_config_overrides(config, config_overrides or {})
     else:
         config = model_config_from_recipe(architecture or {}, tokenizer, trust_remote_code)
     with torch.device("meta"):

@@ -217,7 +217,7 @@ class TinyWorldConfig:
     eval_safety_per_kind: int = field(default=100, metadata={"help": "Prompts per kind in eval/safety.jsonl."})
     passkey_per_length: int = field(default=50, metadata={"help": "Items per context length in eval/passkey.jsonl."})
     passkey_lengths: list[int] = field(
-        default_factory=lambda: [40, 80, 160, 320], metadata={"help": "Context lengths in words, eval/passkey.jsonl."})
+        default_factory=lambda: [40, 80, 160, 400], metadata={"help": "Context lengths in words, eval/passkey.jsonl."})
     long_train_docs: int = field(default=2000, metadata={"help": "Pass-key documents in long/train.jsonl."})
     long_max_words: int = field(default=400, metadata={"help": "Longest context, in words, in long/train.jsonl."})
 
