@@ -11,7 +11,7 @@ from llm_recipes.pipeline import Pipeline
 from llm_recipes.recipe import RecipeParser, repo_path
 
 # Recipe file name -> the script that runs it, where the two names differ.
-SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data"}
+SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain"}
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
 

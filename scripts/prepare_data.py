@@ -1,0 +1,43 @@
+"""Prepare pretraining data with datatrove: mix sources, filter, deduplicate, decontaminate, redact PII.
+
+    python scripts/prepare_data.py --config recipes/tiny/prepare_data.yaml
+    python scripts/prepare_data.py --config recipes/tiny/prepare_data.yaml --dry_run   # print the stages, run nothing
+
+Writes `<output_dir>/data/` (`.jsonl.gz` shards with `text`, `id`, `source`, `url`, `license`, ... that
+`datasets.load_dataset` reads directly), `stats.json` (datatrove's stats of every step), `summary.md` (documents
+in and out of each step, and why the dropped ones were dropped) and datatrove's logs under `logs/<stage>/`.
+A run of the same recipe that was cut off resumes where datatrove left it; any other run starts clean. With
+`executor: slurm` the stages are submitted as a chain of job arrays whose last job writes the report.
+"""
+
+import time
+
+from llm_recipes import stage
+from llm_recipes.curation import Plan, PrepareDataArguments, finish, start
+from llm_recipes.recipe import RecipeParser
+
+ARGUMENTS = (PrepareDataArguments,)
+
+
+def main(argv=None):
+    (args,) = RecipeParser(ARGUMENTS).parse(argv)
+    stage.setup_logging()
+    plan = Plan(args)
+    plan.check_data()
+    print(plan.describe())
+    if args.dry_run:
+        return
+
+    started = time.time()
+    start(args)
+    plan.run()
+    if args.executor == "slurm":
+        print(f"Submitted; the last job writes {args.output_dir}/summary.md and marks the stage complete.")
+        return
+    summary = finish(plan, seconds=time.time() - started)
+    print((plan.output_dir / "summary.md").read_text())
+    stage.mark_complete(args.output_dir, summary)
+
+
+if __name__ == "__main__":
+    stage.run(main)

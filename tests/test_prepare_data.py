@@ -1,0 +1,254 @@
+"""Data preparation removes what the tiny world planted in its web crawl, and keeps everything else.
+
+The stage runs once, with the repository's tiny recipe, on the session's small tiny world; every test scores its
+output against the world's manifest of planted defects.
+"""
+
+import gzip
+import json
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO_ROOT, load_script
+
+from llm_recipes.data import DatasetSource, load_source
+from llm_recipes.recipe import RecipeError, RecipeParser
+
+PLACEHOLDERS = {"email": "<EMAIL>", "phone": "<PHONE>", "ip": "<IP>"}
+
+
+def tiny_recipe(world, output_dir) -> str:
+    """recipes/tiny/prepare_data.yaml, reading `world` and writing to `output_dir`."""
+    text = (REPO_ROOT / "recipes/tiny/prepare_data.yaml").read_text()
+    return text.replace("runs/tiny/data/", f"{world}/").replace("runs/tiny/prepared", str(output_dir))
+
+
+def read_output(output_dir) -> dict[str, dict]:
+    rows = {}
+    for shard in sorted((output_dir / "data").glob("*.jsonl.gz")):
+        with gzip.open(shard, "rt") as f:
+            rows.update((row["id"], row) for row in map(json.loads, f))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_world, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("prepared")
+    recipe = tmp_path_factory.mktemp("recipe") / "prepare_data.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, output_dir))
+    load_script("prepare_data").main(["--config", str(recipe)])
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def kept(prepared) -> dict[str, dict]:
+    return read_output(prepared)
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_world) -> dict:
+    return json.loads((tiny_world / "manifest.json").read_text())["web"]
+
+
+def duplicate_families(manifest) -> dict[str, set[str]]:
+    """Each original page with all its exact and near copies."""
+    families = {}
+    for entry in manifest["exact_duplicates"] + manifest["near_duplicates"]:
+        families.setdefault(entry["original_id"], {entry["original_id"]}).add(entry["id"])
+    return families
+
+
+def test_exact_duplicates_leave_one_copy_of_each_page(manifest, kept):
+    groups = {}
+    for entry in manifest["exact_duplicates"]:
+        groups.setdefault(entry["original_id"], {entry["original_id"]}).add(entry["id"])
+    assert groups
+    for original, group in groups.items():
+        assert len(group & kept.keys()) <= 1, f"exact copies of {original} kept: {sorted(group & kept.keys())}"
+    # MinHash may keep a near copy instead of the page itself; one document of each family stays either way.
+    for original, family in duplicate_families(manifest).items():
+        assert len(family & kept.keys()) == 1, f"{original}: kept {sorted(family & kept.keys())}"
+
+
+def test_near_duplicates_are_removed_with_high_recall(manifest, kept):
+    pairs = manifest["near_duplicates"]
+    caught = sum(1 for pair in pairs if not {pair["id"], pair["original_id"]} <= kept.keys())
+    recall = caught / len(pairs)
+    assert recall >= 0.9, f"near-duplicate recall {recall:.2f}"
+
+
+def test_pii_is_replaced_by_placeholders_and_its_pages_kept(manifest, kept):
+    for planted in manifest["pii"]:
+        page = kept.get(planted["id"])
+        assert page is not None, f"PII page {planted['id']} was dropped"
+        assert planted["value"] not in page["text"]
+        assert PLACEHOLDERS[planted["kind"]] in page["text"]
+    values = [planted["value"] for planted in manifest["pii"]]
+    assert not any(value in row["text"] for row in kept.values() for value in values)
+
+
+def test_placeholders_appear_only_where_pii_was(manifest, kept):
+    pii_pages = {planted["id"] for planted in manifest["pii"]}
+    for page_id, row in kept.items():
+        if page_id not in pii_pages:
+            assert not any(p in row["text"] for p in PLACEHOLDERS.values()), page_id
+
+
+def test_every_contaminated_page_is_removed(manifest, kept):
+    contaminated = {entry["id"] for entry in manifest["contaminated"]}
+    assert contaminated and not contaminated & kept.keys()
+
+
+def test_spam_pages_are_removed(manifest, kept):
+    spam = set(manifest["spam"])
+    removed = len(spam - kept.keys()) / len(spam)
+    assert removed >= 0.9, f"only {removed:.0%} of spam removed"
+
+
+def test_clean_pages_and_math_pages_are_kept(manifest, kept):
+    families = duplicate_families(manifest)
+
+    def lost(page_id):  # a page survives as itself or as one of its copies
+        return not (families.get(page_id, {page_id}) & kept.keys())
+
+    clean, math = manifest["clean"], manifest["math_pages"]
+    assert math
+    false_drops = sum(map(lost, clean)) / len(clean)
+    assert false_drops <= 0.02, f"{false_drops:.1%} of clean pages dropped"
+    assert sum(map(lost, math)) / len(math) <= 0.02
+
+
+def test_documents_keep_their_id_source_url_and_license(tiny_world, kept):
+    raw = {row["id"]: row for row in map(json.loads, (tiny_world / "raw/web.jsonl").read_text().splitlines())}
+    for page_id, row in kept.items():
+        assert row["source"] == "crawl"
+        assert (row["url"], row["license"]) == (raw[page_id]["url"], raw[page_id]["license"])
+
+
+def test_output_loads_with_datasets_and_as_a_recipe_dataset(prepared, kept):
+    loaded = datasets.load_dataset(str(prepared / "data"), split="train")
+    assert len(loaded) == len(kept) and {"text", "id", "source", "url", "license"} <= set(loaded.column_names)
+    texts = load_source(DatasetSource(path=str(prepared / "data")), "text")
+    assert texts.column_names == ["text"] and len(texts) == len(kept)
+
+
+def test_report_counts_documents_through_every_step(prepared, kept):
+    summary = json.loads((prepared / "stage_complete.json").read_text())
+    assert summary["documents_out"] == len(kept) and summary["documents_in"] > len(kept)
+    steps = {s["step"]: s for s in summary["steps"]}
+    for name in ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality", "decontamination",
+                 "exact_dedup", "minhash_dedup"):
+        assert steps[name]["in"] - steps[name]["out"] == steps[name]["dropped"]
+    assert steps["exact_dedup"]["dropped"] > 0 and steps["minhash_dedup"]["dropped"] > 0
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert {"filter", "exact_filter", "minhash_signatures", "write"} <= stats.keys()
+    table = (prepared / "summary.md").read_text()
+    assert "| filter | gopher_quality |" in table and "| write | minhash_dedup |" in table
+    assert not (prepared / "work").exists()
+
+
+def write_sources(folder, n: int):
+    """Two sources of `n` distinct documents: one jsonl file, one folder of parquet."""
+    folder.mkdir(parents=True)
+    rows = [{"id": f"a-{i}", "text": f"Document {i} of the first source."} for i in range(n)]
+    (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "b").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": f"b-{i}", "text": f"Document {i} of the second source."}
+                                         for i in range(n)]), folder / "b/part-0.parquet")
+
+
+def prepare_unfiltered(tmp_path, sources: list[str], extra: str = "") -> dict[str, dict]:
+    """Run the stage on `sources` (YAML flow mappings) with no filter, dedup or PII step; return the output."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {tmp_path}/out\nsources: [{', '.join(sources)}]\n"
+                      f"filters: {{}}\nexact_dedup: false\nminhash: null\npii: null\n{extra}")
+    load_script("prepare_data").main(["--config", str(recipe)])
+    return read_output(tmp_path / "out")
+
+
+def test_sources_are_mixed_by_weight(tmp_path):
+    write_sources(tmp_path / "in", 600)
+    output = prepare_unfiltered(tmp_path, [f"{{source: a, path: {tmp_path}/in/a.jsonl, weight: 3}}",
+                                           f"{{source: b, path: {tmp_path}/in/b, weight: 1}}"])
+    sources = [row["source"] for row in output.values()]
+    assert sources.count("a") == 600  # the source with most documents per unit of weight is read whole
+    assert sources.count("b") / len(sources) == pytest.approx(0.25, abs=0.04)
+
+
+def test_hub_sources_are_read_with_datasets(tmp_path):
+    write_sources(tmp_path / "in", 20)
+    output = prepare_unfiltered(tmp_path, [f"{{source: b, path: {tmp_path}/in/b, format: hub, streaming: false}}"])
+    assert sorted(output) == sorted(f"b-{i}" for i in range(20))
+
+
+def test_a_rerun_with_another_recipe_starts_clean(tmp_path):
+    write_sources(tmp_path / "in", 20)
+    for source in ("a.jsonl", "b"):
+        output = prepare_unfiltered(tmp_path, [f"{{source: x, path: {tmp_path}/in/{source}}}"], "write_dropped: true\n")
+    assert sorted(output) == sorted(f"b-{i}" for i in range(20))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "data", "logs", "stage_complete.json", "stats.json", "summary.md"]
+
+
+def test_unknown_filter_parameter_is_named_before_anything_runs(tiny_world, tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, tmp_path / "out").replace("min_avg_word_length:", "min_avg_word_lenght:"))
+    with pytest.raises(RecipeError, match="filters.gopher_quality: unknown key 'min_avg_word_lenght'. "
+                                          "Did you mean 'min_avg_word_length'?"):
+        RecipeParser(load_script("prepare_data").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
+    with pytest.raises(SystemExit):
+        load_script("prepare_data").main(["--config", str(recipe)])
+    assert "min_avg_word_lenght" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_filter_parameter_of_the_wrong_type_is_refused(tiny_world, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, tmp_path / "out").replace("fineweb_quality: {}",
+                                                                        "fineweb_quality: {short_line_thr: high}"))
+    with pytest.raises(RecipeError, match="filters.fineweb_quality.short_line_thr: expects a number, got 'high'"):
+        RecipeParser(load_script("prepare_data").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
+
+
+def test_dry_run_prints_the_stages_and_writes_nothing(tiny_world, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, tmp_path / "out"))
+    load_script("prepare_data").main(["--config", str(recipe), "--dry_run"])
+    printed = capsys.readouterr().out
+    for stage in ("filter", "exact_signatures", "minhash_buckets (14 tasks)", "write"):
+        assert f"stage {stage}" in printed
+    assert "MinHash stage 4" in printed and "Gopher Quality" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_eval_set_is_named(tiny_world, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, tmp_path / "out").replace("eval/arithmetic.jsonl", "eval/nope.jsonl"))
+    with pytest.raises(RecipeError, match=r"decontamination.eval_sets\[0\]: .*nope.jsonl not found"):
+        load_script("prepare_data").main(["--config", str(recipe)])
+
+
+def test_source_without_its_text_column_is_named(tiny_world, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe(tiny_world, tmp_path / "out").replace("text_key: text", "text_key: body"))
+    with pytest.raises(RecipeError, match=r"sources\[0\] \(crawl\): .*web.jsonl has no column 'body' \(text_key\)"):
+        load_script("prepare_data").main(["--config", str(recipe)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_recipe_builds_a_picklable_chain_of_slurm_jobs(tmp_path):
+    import dill
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from llm_recipes.curation import Plan
+
+    recipe = str(REPO_ROOT / "recipes/smollm2-135m/prepare_data.yaml")
+    (args,) = RecipeParser(load_script("prepare_data").ARGUMENTS).parse_or_raise(
+        ["--config", recipe, "--output_dir", str(tmp_path / "out")])
+    executors = Plan(args).executors()  # built, not submitted: nothing reaches the Hub or sbatch
+    assert all(isinstance(e, SlurmPipelineExecutor) for e in executors)
+    assert all(later.depends is earlier for earlier, later in zip(executors, executors[1:]))
+    assert executors[0].partition == args.slurm["partition"] and executors[0].tasks == args.tasks
+    dill.loads(dill.dumps(executors[-1]))  # what a slurm job unpickles
