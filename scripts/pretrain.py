@@ -129,13 +129,13 @@ def main(argv=None):
     if held_out:
         metrics = trainer.evaluate()
         for loss_key in [k for k in metrics if k.endswith("_loss")]:
-            metrics[loss_key.replace("_loss", "_perplexity")] = math.exp(metrics[loss_key])
-            before = [h[loss_key] for h in trainer.state.log_history if loss_key in h and h["step"] == 0]
+            perplexity_key = loss_key.replace("_loss", "_perplexity")
+            metrics[perplexity_key] = summary[perplexity_key] = math.exp(metrics[loss_key])
             summary[loss_key] = metrics[loss_key]
-            summary[loss_key.replace("_loss", "_perplexity")] = math.exp(metrics[loss_key])
+            before = [h[loss_key] for h in trainer.state.log_history if loss_key in h and h["step"] == 0]
             if before:  # from eval_on_start
                 summary[loss_key + "_before"] = before[0]
-                summary[loss_key.replace("_loss", "_perplexity") + "_before"] = math.exp(before[0])
+                summary[perplexity_key + "_before"] = math.exp(before[0])
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     stage.finish(trainer, training_args, summary)

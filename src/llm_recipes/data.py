@@ -121,11 +121,10 @@ class DatasetMixture:
         return mixture
 
     @property
-    def held_out_sources(self) -> dict[str, DatasetSource]:
-        """Held-out sets by split name; an unnamed list is one split, "test"."""
-        if isinstance(self.eval_datasets, dict):
-            return dict(self.eval_datasets)
-        return {f"test[{i}]": s for i, s in enumerate(self.eval_datasets)}
+    def all_sources(self) -> list[DatasetSource]:
+        """Training and held-out sources alike."""
+        held_out = self.eval_datasets.values() if isinstance(self.eval_datasets, dict) else self.eval_datasets
+        return self.datasets + list(held_out)
 
     @property
     def probabilities(self) -> list[float]:
@@ -168,7 +167,7 @@ def check_format(columns: list[str], fmt: str, source: str) -> tuple[str, ...]:
 
 def check_declared_columns(mixture: DatasetMixture, fmt: str) -> None:
     """Check the format against the `columns:` a recipe declares, without loading anything (for Hub datasets)."""
-    for source in mixture.datasets + list(mixture.held_out_sources.values()):
+    for source in mixture.all_sources:
         if source.columns is not None:
             renamed = [(source.rename_columns or {}).get(c, c) for c in source.columns]
             check_format(renamed, fmt, source.describe())
@@ -229,9 +228,13 @@ def build_mixture(
     the budget is spent.
     """
     sources = [load_source(s, fmt, mixture.streaming) for s in mixture.datasets]
-    held_out = {name: load_source(s, fmt, mixture.streaming) for name, s in mixture.held_out_sources.items()}
-    if isinstance(mixture.eval_datasets, list) and held_out:
-        held_out = {"test": datasets.concatenate_datasets(list(held_out.values()))}
+    if isinstance(mixture.eval_datasets, dict):
+        held_out = {name: load_source(s, fmt, mixture.streaming) for name, s in mixture.eval_datasets.items()}
+    elif mixture.eval_datasets:
+        held_out = {"test": datasets.concatenate_datasets(
+            [load_source(s, fmt, mixture.streaming) for s in mixture.eval_datasets])}
+    else:
+        held_out = {}
     if mixture.streaming:
         return _stream_mixture(mixture, sources, held_out), MixtureReport()
 

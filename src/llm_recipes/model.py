@@ -38,13 +38,7 @@ def model_config_from_recipe(
         config = AutoConfig.for_model(model_type, trust_remote_code=trust_remote_code)
     except ValueError as e:
         raise RecipeError(f"model_config.model_type: unknown architecture {model_type!r} ({e}).") from e
-    valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
-    for key in architecture:
-        if key not in valid and not hasattr(config, key):
-            raise RecipeError(unknown_key_message(
-                key, sorted(valid), f"model_config ({model_type})",
-                help_hint=f"Valid keys are the fields of {type(config).__name__}.",
-            ))
+    check_config_keys(config, architecture, "model_config")
     if tokenizer is None:
         return config
     architecture.update(
@@ -56,15 +50,21 @@ def model_config_from_recipe(
     return AutoConfig.for_model(model_type, **architecture)
 
 
-def apply_config_overrides(config, overrides: dict) -> None:
-    """Set fields of a loaded config, naming any key the architecture does not have."""
+def check_config_keys(config, keys, where: str) -> None:
+    """Name the first of `keys` that `config`'s architecture does not have, with its closest valid key."""
     valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
-    for key, value in overrides.items():
-        if key not in valid:
+    for key in keys:
+        if key not in valid and not hasattr(config, key):
             raise RecipeError(unknown_key_message(
-                key, sorted(valid), f"model_config_overrides ({config.model_type})",
+                key, sorted(valid), f"{where} ({config.model_type})",
                 help_hint=f"Valid keys are the fields of {type(config).__name__}.",
             ))
+
+
+def apply_config_overrides(config, overrides: dict) -> None:
+    """Set fields of a loaded config, naming any key the architecture does not have."""
+    check_config_keys(config, overrides, "model_config_overrides")
+    for key, value in overrides.items():
         setattr(config, key, value)
     if hasattr(config, "validate_rope") and "rope_parameters" in overrides:
         config.validate_rope()
