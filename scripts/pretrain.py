@@ -18,6 +18,7 @@ from trl import ModelConfig
 
 from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns, tokenize_and_pack
+from llm_recipes.evaluation import add_lm_eval_callback
 from llm_recipes.model import (
     ceil_div,
     format_count,
@@ -115,6 +116,7 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
+    add_lm_eval_callback(trainer, args)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
     summary = {

@@ -11,7 +11,8 @@ from llm_recipes.pipeline import Pipeline
 from llm_recipes.recipe import RecipeParser, repo_path
 
 # Recipe file name -> the script that runs it, where the two names differ.
-SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain"}
+SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
+              "eval": "evaluate", "eval_long": "evaluate"}
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
 
@@ -38,3 +39,14 @@ def test_pipeline_names_existing_scripts_and_recipes(pipeline: Path):
         assert (REPO_ROOT / stage.script).is_file(), stage.script
         assert stage.config is None or (REPO_ROOT / stage.config).is_file(), stage.config
     assert parsed.accelerate_config is None or (REPO_ROOT / parsed.accelerate_config).is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").rglob("eval*.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
+def test_eval_recipe_tasks_resolve_in_lm_eval_registry_offline(recipe: Path):
+    from lm_eval.tasks import TaskManager
+
+    (args,) = RecipeParser(load_script("evaluate").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
+    manager = TaskManager(include_path=repo_path(args.include_path) if args.include_path else None)
+    for task in args.tasks + args.chat_tasks:
+        assert manager.match_tasks([task]) == [task], f"{recipe}: task {task} is not in lm-eval's registry"

@@ -2,8 +2,9 @@
 
 A pipeline file lists stages in order. Each stage names its script, its recipe, its output folder and the
 overrides that pass earlier stages' outputs to it (`{tokenizer}` is the tokenizer stage's output folder). A stage
-whose output holds `stage_complete.json` is skipped; one that was cut off is launched again and resumes from its
-last complete checkpoint. The first failure stops the run and names the stage's log file.
+whose output holds `stage_complete.json` is skipped, unless it says `always_run`; one that was cut off is
+launched again and resumes from its last complete checkpoint. The first failure stops the run and names the
+stage's log file.
 """
 
 import os
@@ -31,6 +32,7 @@ class Stage:
     args: dict = field(default_factory=dict)
     launcher: str = "accelerate"  # "accelerate" or "python"
     num_processes: int | None = None
+    always_run: bool = False  # for stages that only summarise others (the report card): never skipped
 
 
 @dataclass
@@ -111,7 +113,7 @@ def run(pipeline: Pipeline, stages: list[Stage], force: bool = False, echo=print
     for stage in stages:
         if force and Path(stage.output_dir).exists():
             shutil.rmtree(stage.output_dir)
-        if is_complete(stage.output_dir):
+        if is_complete(stage.output_dir) and not stage.always_run:
             echo(f"[{stage.name}] complete in {stage.output_dir}, skipped")
             continue
         cmd = command(pipeline, stage, outputs)

@@ -43,6 +43,15 @@ class StageArguments:
         default=False,
         metadata={"help": "Run modelling code shipped with a Hub checkpoint. Off unless a recipe turns it on."},
     )
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "lm-eval tasks (tasks/ or the registry) scored on the model at every evaluation during "
+                  "training and logged through `report_to` as lm_eval/<task>/<metric>. Empty: none."},
+    )
+    lm_eval_limit: int | None = field(
+        default=None, metadata={"help": "Documents per task for `lm_eval_tasks`; keep it small, it runs often."})
+    lm_eval_chat_template: bool = field(
+        default=False, metadata={"help": "Put `lm_eval_tasks` prompts through the chat template (chat models)."})
     dry_run: bool = field(
         default=False,
         metadata={"help": "Parse and check the recipe and data, size the model on the meta device, print "

@@ -1,0 +1,208 @@
+"""The report card: what every stage of a pipeline did to the model, in one markdown file with plots.
+
+    python scripts/report.py --pipeline recipes/tiny/pipeline.yaml --output_dir runs/tiny/report
+
+It reads what the stages wrote, and computes nothing new: lm-eval results of every evaluated checkpoint
+(`results.json` of each `scripts/evaluate.py` stage), the loss curves in each training stage's
+`trainer_state.json`, each stage's own held-out measurements (`stage_complete.json`), and the answers that the
+checkpoints gave to the same prompts (lm-eval's logged samples).
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from llm_recipes import stage
+from llm_recipes.evaluation import load_results
+from llm_recipes.pipeline import Pipeline
+
+# The figure that stands for each task in the table; every other metric stays in results.json.
+HEADLINE_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_match,none", "acc,none",
+                    "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "exact_match,flexible")
+SAMPLE_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_safety_refusal")
+
+
+def evaluated_checkpoints(pipeline: Pipeline) -> list[tuple[str, str, dict]]:
+    """(column name, eval folder, results) for every evaluation stage whose results exist, in pipeline order.
+    A column is named after the evaluation stage, less its `eval_` prefix (eval_sft -> sft)."""
+    found = []
+    for s in pipeline.stages:
+        if Path(s.script).name == "evaluate.py" and load_results(s.output_dir) is not None:
+            found.append((s.name.removeprefix("eval_"), s.output_dir, load_results(s.output_dir)))
+    return found
+
+
+def headline(task_results: dict) -> tuple[str, float, float | None] | None:
+    for metric in HEADLINE_METRICS:
+        if metric in task_results:
+            name, filter_name = metric.split(",")
+            stderr = task_results.get(f"{name}_stderr,{filter_name}")
+            return metric, task_results[metric], stderr if isinstance(stderr, float) else None
+    return None
+
+
+def scores_table(checkpoints) -> tuple[str, dict]:
+    tasks = list(dict.fromkeys(task for _, _, r in checkpoints for task in r["results"]
+                               if task not in r.get("groups", {})))
+    header = "| task | metric | " + " | ".join(name for name, _, _ in checkpoints) + " |"
+    lines = [header, "|" + "---|" * (2 + len(checkpoints))]
+    values = {}
+    for task in tasks:
+        picked = next((headline(r["results"][task]) for _, _, r in checkpoints if task in r["results"]), None)
+        if picked is None:
+            continue
+        metric = picked[0]
+        arrow = "↑" if next((r["higher_is_better"].get(task, {}).get(metric.split(",")[0]) for _, _, r in
+                             checkpoints if task in r.get("higher_is_better", {})), True) else "↓"
+        cells = []
+        for name, _, r in checkpoints:
+            result = r["results"].get(task, {})
+            value, stderr = result.get(metric), result.get(metric.replace(",", "_stderr,"))
+            values.setdefault(task, {})[name] = value
+            if value is None:
+                cells.append("–")
+            elif isinstance(stderr, float) and not math.isnan(stderr):
+                cells.append(f"{value:.3f} ± {stderr:.3f}")
+            else:
+                cells.append(f"{value:.3f}")
+        lines.append(f"| {task} | {metric.split(',')[0]} {arrow} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), values
+
+
+def stage_measurements(pipeline: Pipeline) -> str:
+    """Held-out numbers that training stages report themselves (perplexities before/after, pair accuracy...)."""
+    lines = ["| stage | measurement | value |", "|---|---|---|"]
+    for s in pipeline.stages:
+        marker = Path(s.output_dir) / stage.COMPLETE_MARKER
+        if Path(s.script).name == "evaluate.py" or not marker.is_file():
+            continue
+        summary = json.loads(marker.read_text())
+        for key, value in summary.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "stage":
+                lines.append(f"| {s.name} | {key} | {value:,.4g} |")
+    return "\n".join(lines)
+
+
+def loss_curves(pipeline: Pipeline, path: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = {}
+    for s in pipeline.stages:
+        state = Path(s.output_dir) / stage.TRAINER_STATE
+        if state.is_file():
+            histories[s.name] = json.loads(state.read_text())["log_history"]
+    if not histories:
+        return []
+    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3.2), squeeze=False)
+    for ax, (name, history) in zip(axes[0], histories.items()):
+        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        if train:
+            ax.plot(*zip(*train), label="train")
+        for key in sorted({k for h in history for k in h if k.startswith("eval_") and k.endswith("loss")}):
+            points = [(h["step"], h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return list(histories)
+
+
+def scores_plot(values: dict, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in values if "perplexity" not in t]
+    if not tasks:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 3.5))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        ax.bar([x + i * width for x in range(len(tasks))],
+               [values[t].get(name) or 0.0 for t in tasks], width, label=name)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(tasks))])
+    ax.set_xticklabels([t.removeprefix("tiny_") for t in tasks], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_answers(checkpoints, count: int = 4) -> str:
+    blocks = []
+    for task in SAMPLE_TASKS:
+        answers = {}
+        for name, folder, _ in checkpoints:
+            path = Path(folder) / f"samples_{task}.jsonl"
+            if not path.is_file():
+                continue
+            for line in path.read_text().splitlines():
+                sample = json.loads(line)
+                if sample["doc_id"] < count and sample["filter"] in ("strict", "none"):
+                    answers.setdefault(sample["doc_id"], {"doc": sample["doc"], "target": sample["target"]})
+                    answers[sample["doc_id"]][name] = sample["resps"][0][0].strip().replace("\n", " ⏎ ")
+        if not answers:
+            continue
+        blocks.append(f"### {task}\n")
+        for doc_id in sorted(answers):
+            entry = answers[doc_id]
+            prompt = entry["doc"].get("question") or entry["doc"].get("prompt")
+            target = f" (expected: {entry['target']})" if entry["target"] else ""
+            blocks.append(f"**{prompt}**{target}\n")
+            blocks += [f"- *{name}*: {entry[name][:160]}" for name, _, _ in checkpoints if name in entry]
+            blocks.append("")
+    return "\n".join(blocks)
+
+
+def write_report(pipeline: Pipeline, output_dir: Path) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = evaluated_checkpoints(pipeline)
+    table, values = scores_table(checkpoints) if checkpoints else ("No evaluated checkpoint yet.", {})
+    curves = loss_curves(pipeline, output_dir / "loss_curves.png")
+    scores_plot(values, [name for name, _, _ in checkpoints], output_dir / "scores.png")
+    parts = [
+        "# Report card\n",
+        "Every score below was measured by lm-eval on held-out data (tasks/tiny), greedy decoding; "
+        "± is lm-eval's standard error. Chat tasks go through the chat template, base tasks do not.\n",
+        "## Scores by checkpoint\n", table, "",
+    ]
+    if values:
+        parts += ["![scores](scores.png)\n"]
+    parts += ["## What each stage measured on its own held-out data\n", stage_measurements(pipeline), ""]
+    if curves:
+        parts += ["## Training loss\n", f"Stages: {', '.join(curves)}.\n", "![loss curves](loss_curves.png)\n"]
+    samples = sample_answers(checkpoints)
+    if samples:
+        parts += ["## The same prompts, answered by each checkpoint\n", samples]
+    report = output_dir / "report.md"
+    tmp = report.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(parts) + "\n")
+    tmp.replace(report)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", required=True, help="The pipeline file whose stages are reported.")
+    parser.add_argument("--output_dir", required=True, help="Folder for report.md and its plots.")
+    args = parser.parse_args(argv)
+    stage.setup_logging()
+    report = write_report(Pipeline.from_yaml(args.pipeline), Path(args.output_dir))
+    stage.logger.info("Report card: %s", report)
+    print(report.read_text())
+    stage.mark_complete(args.output_dir, {"stage": "report", "report": str(report)})
+
+
+if __name__ == "__main__":
+    stage.run(main)
