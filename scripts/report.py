@@ -16,6 +16,7 @@ from pathlib import Path
 from llm_recipes import stage
 from llm_recipes.evaluation import load_results
 from llm_recipes.pipeline import Pipeline
+from llm_recipes.recipe import repo_path
 
 # The figure that stands for each task in the table; every other metric stays in results.json.
 HEADLINE_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_match,none", "acc,none",
@@ -198,7 +199,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", required=True, help="Folder for report.md and its plots.")
     args = parser.parse_args(argv)
     stage.setup_logging()
-    report = write_report(Pipeline.from_yaml(args.pipeline), Path(args.output_dir))
+    report = write_report(Pipeline.from_yaml(repo_path(args.pipeline)), Path(args.output_dir))
     stage.logger.info("Report card: %s", report)
     print(report.read_text())
     stage.mark_complete(args.output_dir, {"stage": "report", "report": str(report)})
