@@ -1,0 +1,170 @@
+"""Reward functions for RL stages (PPO, GRPO), in TRL's reward-function form.
+
+A reward function is `f(completions, **kwargs) -> list[float | None]`: `completions` are the generated replies,
+conversational (`[{"role": "assistant", "content": ...}]`) or plain strings; the trainer also passes `prompts`,
+`completion_ids`, and every dataset column by its name (`answer`, `solution`, ...). `None` means "no opinion on this
+one" and is left out of the weighted sum (TRL's GRPOTrainer does the same).
+
+A recipe names its rewards and weighs them:
+
+    reward_funcs: [answer_accuracy, answer_format]     # names from REWARD_FUNCS, or a reward model's path
+    reward_weights: [1.0, 0.2]
+
+`reward_funcs_from_recipe` turns those keys into callables (and reward-model paths, which the trainer loads), naming
+an unknown function and the closest known one.
+"""
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from trl.rewards import accuracy_reward, get_soft_overlong_punishment, think_format_reward
+
+from llm_recipes.recipe import RecipeError, closest_key
+
+# The tiny world's answer form ("40 + 9 = 49. The answer is 49."); lm-eval's strict filter reads the same number.
+ANSWER_IS = re.compile(r"The answer is\s*\$?(-?[\d,]*\.?\d+)")
+BOXED = re.compile(r"\\boxed\{\s*(-?[\d,]*\.?\d+)\s*\}")
+# GSM8K writes its final answer after "####".
+GSM8K_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
+FORMAT = re.compile(r"The answer is -?[\d,]*\.?\d+\.\s*$")
+
+
+def completion_text(completion) -> str:
+    """The text of one completion, conversational (a list of messages) or plain."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message.get("content") or "" for message in completion if message.get("role", "assistant")
+                   == "assistant")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def extract_answer(text: str) -> float | None:
+    """The number a reply gives as its answer: the first "The answer is N", else the last \\boxed{N}."""
+    match = ANSWER_IS.search(text)
+    if match:
+        return _number(match.group(1))
+    boxed = BOXED.findall(text)
+    return _number(boxed[-1]) if boxed else None
+
+
+def gold_number(answer) -> float | None:
+    """The reference answer as a number: a plain number ("49", "1,024"), or GSM8K's "... #### 49"; None otherwise."""
+    text = str(answer).strip()
+    value = _number(text)
+    if value is None:
+        match = GSM8K_ANSWER.search(text)
+        value = _number(match.group(1)) if match else None
+    return value
+
+
+def answer_accuracy(completions, answer: list, **kwargs) -> list[float | None]:
+    """1.0 when the reply's answer equals the `answer` column, else 0.0.
+
+    A numeric reference is compared with the number after "The answer is" (or in \\boxed{}); any other reference
+    (LaTeX, expressions) is checked by math-verify through TRL's `accuracy_reward`, which needs `pip install
+    math-verify` and returns None for a reference it cannot parse.
+    """
+    rewards: list[float | None] = [None] * len(completions)
+    symbolic = []
+    for i, (completion, gold) in enumerate(zip(completions, answer, strict=True)):
+        reference = gold_number(gold)
+        if reference is None:
+            symbolic.append(i)
+            continue
+        predicted = extract_answer(completion_text(completion))
+        rewards[i] = float(predicted is not None and math.isclose(predicted, reference, abs_tol=1e-6))
+    if symbolic:
+        try:
+            verified = accuracy_reward([[{"role": "assistant", "content": completion_text(completions[i])}]
+                                        for i in symbolic], [str(answer[i]) for i in symbolic])
+        except ImportError as e:
+            raise ImportError(f"answer_accuracy: the reference answer {answer[symbolic[0]]!r} is not a plain number, "
+                              "and checking it symbolically needs math-verify: `pip install math-verify`.") from e
+        for i, reward in zip(symbolic, verified):
+            rewards[i] = reward
+    return rewards
+
+
+def answer_format(completions, **kwargs) -> list[float]:
+    """1.0 when the reply ends with "The answer is N." (the form the answer is read from), else 0.0."""
+    return [float(bool(FORMAT.search(completion_text(c).strip()))) for c in completions]
+
+
+def overlong_penalty(completion_ids, max_completion_length: int, **kwargs) -> list[float]:
+    """DAPO's soft overlong punishment (TRL's `get_soft_overlong_punishment`): 0 up to 3/4 of
+    `max_completion_length` tokens, then falling linearly to -1 at the limit."""
+    punish = get_soft_overlong_punishment(max_completion_length, soft_punish_cache=max(max_completion_length // 4, 1))
+    return punish(completion_ids)
+
+
+class _WithMaxLength:
+    """A reward function with `max_completion_length` bound, keeping its `__name__` (trainers log by it)."""
+
+    def __init__(self, func: Callable, max_completion_length: int):
+        self.func, self.max_completion_length = func, max_completion_length
+        self.__name__ = func.__name__
+
+    def __call__(self, *args, **kwargs):
+        kwargs["max_completion_length"] = self.max_completion_length
+        return self.func(*args, **kwargs)
+
+
+REWARD_FUNCS: dict[str, Callable] = {
+    "answer_accuracy": answer_accuracy,
+    "answer_format": answer_format,
+    "overlong_penalty": overlong_penalty,
+    # TRL's own, for data in their forms: `solution` column checked by math-verify; <think>...</think> replies.
+    "accuracy": accuracy_reward,
+    "think_format": think_format_reward,
+}
+# Functions that need the completion length limit the trainer generates with.
+NEEDS_MAX_LENGTH = {"overlong_penalty"}
+# The dataset column each function reads its reference from, so a stage can check its data before training.
+REWARD_COLUMNS = {"answer_accuracy": "answer", "accuracy": "solution"}
+
+
+def is_reward_model(name: str) -> bool:
+    """A `reward_funcs` entry that names a reward model: a local folder, or a Hub id ("org/name")."""
+    return Path(name).is_dir() or ("/" in name and name not in REWARD_FUNCS)
+
+
+def check_reward_names(names: list[str], weights: list[float] | None = None, where: str = "reward_funcs") -> None:
+    """Raise a RecipeError naming an unknown reward function (and the closest known one) or a weight count that
+    does not match; checked when a recipe is parsed, before anything is loaded."""
+    for name in names:
+        if name not in REWARD_FUNCS and not is_reward_model(name):
+            suggestion = closest_key(name, REWARD_FUNCS)
+            did_you_mean = f" Did you mean '{suggestion}'?" if suggestion else ""
+            raise RecipeError(f"{where}: unknown reward function '{name}'.{did_you_mean} Known functions: "
+                              f"{', '.join(REWARD_FUNCS)}; a reward model is named by its folder or Hub id.")
+    if weights is not None and len(weights) != len(names):
+        raise RecipeError(f"reward_weights: {len(weights)} weights for {len(names)} reward_funcs ({names}); give one "
+                          "weight per reward function, in the same order.")
+
+
+def reward_funcs_from_recipe(
+    names: list[str], weights: list[float] | None = None, max_completion_length: int | None = None
+) -> tuple[list[Callable | str], list[float]]:
+    """The recipe's `reward_funcs` and `reward_weights` as TRL trainers take them: callables for function names and
+    the path itself for a reward model (the trainer loads it); weights default to 1.0 each."""
+    check_reward_names(names, weights)
+    funcs: list[Callable | str] = []
+    for name in names:
+        if name in REWARD_FUNCS:
+            func = REWARD_FUNCS[name]
+            if name in NEEDS_MAX_LENGTH:
+                if max_completion_length is None:
+                    raise RecipeError(f"reward_funcs: '{name}' needs the maximum completion length.")
+                func = _WithMaxLength(func, max_completion_length)
+            funcs.append(func)
+        else:
+            funcs.append(name)
+    return funcs, list(weights) if weights is not None else [1.0] * len(names)
