@@ -1,0 +1,68 @@
+"""GRPO stage: rewards named in the recipe move the policy; bad recipes fail before any model loads."""
+
+import json
+
+import pytest
+from conftest import load_script
+
+from llm_recipes import rewards
+from llm_recipes.recipe import RecipeError
+
+
+def digit_share(completions, **kwargs) -> list[float]:
+    """A toy verifiable reward: the share of characters of the reply that are digits."""
+    texts = [rewards.completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+@pytest.fixture
+def tiny_policy(tiny_tokenizer, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  bos_token_id=None, tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    return tmp_path / "policy"
+
+
+def recipe(tmp_path, tiny_world, policy, reward_funcs="[digit_share]", columns="[prompt, answer]", **extra):
+    path = tmp_path / "grpo.yaml"
+    lines = [
+        f"output_dir: {tmp_path / 'out'}", f"model_name_or_path: {policy}", f"reward_funcs: {reward_funcs}",
+        "dataset_mixture:", "  datasets:", f"    - path: {tiny_world}/rl/train.jsonl", f"      columns: {columns}",
+        "  max_examples: 400",
+        "num_generations: 8", "max_completion_length: 8", "per_device_train_batch_size: 32",
+        "temperature: 1.0", "learning_rate: 3.0e-2", "lr_scheduler_type: constant", "max_steps: 16", "beta: 0.0",
+        "use_cpu: true", "bf16: false", "gradient_checkpointing: false", "logging_steps: 1", "save_strategy: 'no'",
+        "report_to: none", "seed: 0", "disable_tqdm: true",
+    ] + [f"{k}: {v}" for k, v in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return ["--config", str(path)]
+
+
+def test_grpo_raises_a_verifiable_reward(tiny_world, tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.setitem(rewards.REWARD_FUNCS, "digit_share", digit_share)
+    load_script("grpo").main(recipe(tmp_path, tiny_world, tiny_policy))
+    history = json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"]
+    reward = [h["reward"] for h in history if "reward" in h]
+    assert len(reward) == 16
+    first, last = sum(reward[:4]) / 4, sum(reward[-4:]) / 4
+    assert last > first + 0.1, reward
+    assert json.loads((tmp_path / "out/stage_complete.json").read_text())["stage"] == "grpo"
+
+
+def test_unknown_reward_function_is_named_with_the_closest_one(tiny_world, tiny_policy, tmp_path):
+    with pytest.raises(RecipeError, match="'answer_acuracy'.*Did you mean 'answer_accuracy'"):
+        load_script("grpo").main(recipe(tmp_path, tiny_world, tiny_policy, reward_funcs="[answer_acuracy]"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_reward_reading_a_missing_column_fails_before_training(tiny_world, tiny_policy, tmp_path):
+    with pytest.raises(RecipeError, match="`answer` column"):
+        load_script("grpo").main(recipe(tmp_path, tiny_world, tiny_policy, reward_funcs="[answer_accuracy]",
+                                        columns="[prompt]"))
+    assert not (tmp_path / "out").exists()
