@@ -1,0 +1,209 @@
+"""AI feedback (RLAIF, Constitutional AI): sample k answers per prompt from a checkpoint, let a judge rank them, and
+write prompt/chosen/rejected pairs in TRL's preference format, ready for DPO on the model's own samples.
+
+    python scripts/generate_preferences.py --config recipes/tiny/generate_preferences.yaml
+
+Judges (`judge`):
+- `reward_funcs`: verifiable rewards of llm_recipes/rewards.py, weighed by `reward_weights` (the `answer` column
+  reaches them as in GRPO); the best-scored sample is chosen, the worst rejected;
+- `reward_model`: a sequence-classification reward model (`reward_model_name_or_path`) scores each sample;
+- `constitution`: a judge model (`judge_model_name_or_path`) critiques one sample against a principle of the
+  written constitution (`constitution_path`, one principle per paragraph) and revises it; the revision is chosen
+  and the original rejected (Bai et al., 2022).
+Pairs whose scores differ by less than `min_margin` are skipped: a tie teaches nothing.
+"""
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from llm_recipes import stage
+from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
+from llm_recipes.model import load_tokenizer
+from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
+from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe
+
+JUDGES = ("reward_funcs", "reward_model", "constitution")
+
+
+@dataclass
+class PreferenceArguments:
+    model_name_or_path: str = field(default=None, metadata={"help": "The checkpoint whose answers are sampled."})
+    output_dir: str = field(default=None, metadata={"help": "Folder for train.jsonl (pairs) and the stage summary."})
+    dataset_mixture: dict | None = field(
+        default=None, metadata={"help": "Prompts (conversational `prompt` column), with the reference columns the "
+                                "judge reads (e.g. `answer`) listed in `columns:`."})
+    judge: str = field(default="reward_funcs", metadata={"help": f"Who ranks the samples: {', '.join(JUDGES)}."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["answer_accuracy"],
+                                    metadata={"help": "With judge reward_funcs: functions of llm_recipes/rewards.py."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function."})
+    reward_model_name_or_path: str | None = field(default=None, metadata={"help": "With judge reward_model."})
+    judge_model_name_or_path: str | None = field(default=None, metadata={"help": "With judge constitution."})
+    constitution_path: str | None = field(
+        default=None, metadata={"help": "With judge constitution: a text file of principles, one per paragraph."})
+    num_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt (k)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled answer, in tokens."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    min_margin: float = field(default=1e-6, metadata={"help": "Skip a pair whose two scores differ by less."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype of the sampled and judging models."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run modelling code shipped with a checkpoint."})
+
+
+ARGUMENTS = (PreferenceArguments,)
+DATASET_FORMAT = "prompt"
+
+
+def check_arguments(args: PreferenceArguments) -> None:
+    for key in ("model_name_or_path", "output_dir"):
+        if not getattr(args, key):
+            raise RecipeError(f"{key} is required.")
+    if args.judge not in JUDGES:
+        raise RecipeError(f"judge: '{args.judge}' is not one of {', '.join(JUDGES)}.")
+    if args.num_samples < 2 and args.judge != "constitution":
+        raise RecipeError("num_samples: a pair needs at least 2 samples per prompt.")
+    needed = {"reward_model": ["reward_model_name_or_path"],
+              "constitution": ["judge_model_name_or_path", "constitution_path"]}.get(args.judge, [])
+    for key in needed:
+        if not getattr(args, key):
+            raise RecipeError(f"judge '{args.judge}' needs `{key}`.")
+    if args.judge == "reward_funcs":
+        check_reward_names(args.reward_funcs, args.reward_weights)
+    if args.constitution_path and not Path(repo_path(args.constitution_path)).is_file():
+        raise RecipeError(f"constitution_path: no file {args.constitution_path}.")
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, prompts: list[list[dict]], args) -> list[list[str]]:
+    """`num_samples` sampled replies per conversational prompt, decoded without special tokens."""
+    tokenizer.padding_side = "left"  # generation continues the prompt; padding goes before it
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    output = model.generate(**batch, do_sample=True, temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, num_return_sequences=args.num_samples,
+                            pad_token_id=tokenizer.pad_token_id)
+    replies = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [replies[i * args.num_samples:(i + 1) * args.num_samples] for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def reward_model_scores(reward_model, tokenizer, prompt: list[dict], replies: list[str]) -> list[float]:
+    texts = [tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": r}], tokenize=False)
+             for r in replies]
+    tokenizer.padding_side = "right"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(reward_model.device)
+    return reward_model(**batch).logits[:, 0].float().tolist()
+
+
+def function_scores(funcs, weights, prompt, replies, row: dict) -> list[float]:
+    completions = [[{"role": "assistant", "content": r}] for r in replies]
+    columns = {k: [v] * len(replies) for k, v in row.items() if k != "prompt"}
+    total = [0.0] * len(replies)
+    for func, weight in zip(funcs, weights):
+        for i, score in enumerate(func(completions=completions, prompts=[prompt] * len(replies), **columns)):
+            total[i] += weight * (score or 0.0)
+    return total
+
+
+@torch.no_grad()
+def critique_and_revise(judge, tokenizer, prompt, reply: str, principle: str, args) -> str:
+    """One Constitutional AI step: the judge critiques `reply` against `principle`, then rewrites it."""
+    def ask(messages):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(judge.device)
+        out = judge.generate(**ids, do_sample=False, max_new_tokens=args.max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    conversation = prompt + [{"role": "assistant", "content": reply}]
+    critique_request = {"role": "user", "content": f"Critique your last answer against this principle: {principle}"}
+    critique = ask(conversation + [critique_request])
+    revision_request = {"role": "user", "content": "Rewrite your answer so that it follows the principle. "
+                        "Give only the new answer."}
+    return ask(conversation + [critique_request, {"role": "assistant", "content": critique}, revision_request])
+
+
+def main(argv=None):
+    (args,) = RecipeParser(ARGUMENTS).parse(argv)
+    stage.setup_logging()
+    check_arguments(args)
+    mixture = DatasetMixture.from_recipe(args.dataset_mixture)
+    check_declared_columns(mixture, DATASET_FORMAT)
+    data, report = build_mixture(mixture, DATASET_FORMAT)
+    prompts = data["train"]
+    if not isinstance(prompts[0]["prompt"], list):
+        raise RecipeError("dataset_mixture: prompts must be conversational (a list of messages) to be asked "
+                          "through the chat template.")
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_name_or_path, args.trust_remote_code)
+    dtype = getattr(torch, args.dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype, use_safetensors=True,
+                                                 trust_remote_code=args.trust_remote_code).to(device).eval()
+    judge_model = reward_model = funcs = weights = principles = None
+    if args.judge == "reward_funcs":
+        funcs, weights = reward_funcs_from_recipe(args.reward_funcs, args.reward_weights, args.max_new_tokens)
+    elif args.judge == "reward_model":
+        reward_model = AutoModelForSequenceClassification.from_pretrained(
+            args.reward_model_name_or_path, dtype=dtype, use_safetensors=True).to(device).eval()
+    else:
+        judge_model = AutoModelForCausalLM.from_pretrained(
+            args.judge_model_name_or_path, dtype=dtype, use_safetensors=True).to(device).eval()
+        text = Path(repo_path(args.constitution_path)).read_text()
+        principles = [p.strip() for p in text.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
+
+    started, pairs, skipped = time.time(), [], 0
+    chosen_scores, rejected_scores = [], []
+    for start in range(0, len(prompts), args.batch_size):
+        rows = prompts.select(range(start, min(start + args.batch_size, len(prompts))))
+        samples = sample_answers(model, tokenizer, rows["prompt"], args)
+        for row, replies in zip(rows, samples):
+            if args.judge == "constitution":
+                revised = critique_and_revise(judge_model, tokenizer, row["prompt"], replies[0],
+                                              random.choice(principles), args)
+                best, worst, scores = revised, replies[0], [1.0, 0.0]
+            else:
+                scores = (function_scores(funcs, weights, row["prompt"], replies, row) if funcs
+                          else reward_model_scores(reward_model, tokenizer, row["prompt"], replies))
+                order = sorted(range(len(replies)), key=lambda i: scores[i])
+                best, worst = replies[order[-1]], replies[order[0]]
+                scores = [scores[order[-1]], scores[order[0]]]
+            if scores[0] - scores[1] < args.min_margin or best == worst:
+                skipped += 1
+                continue
+            chosen_scores.append(scores[0])
+            rejected_scores.append(scores[1])
+            pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": best}],
+                          "rejected": [{"role": "assistant", "content": worst}],
+                          "score_chosen": scores[0], "score_rejected": scores[1]})
+        stage.logger.info("%s/%s prompts: %s pairs, %s ties skipped", min(start + args.batch_size, len(prompts)),
+                          len(prompts), len(pairs), skipped)
+    if not pairs:
+        raise RecipeError("No pair was written: every prompt's samples tied. Raise temperature or num_samples, "
+                          "or use a judge that tells the answers apart.")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = output / ".train.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for pair in pairs:
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    os.replace(tmp, output / "train.jsonl")
+    summary = {"stage": "generate_preferences", "judge": args.judge, "prompts": len(prompts), "pairs": len(pairs),
+               "ties_skipped": skipped, "mean_score_chosen": sum(chosen_scores) / len(pairs),
+               "mean_score_rejected": sum(rejected_scores) / len(pairs), "wall_seconds": time.time() - started,
+               "samples_per_second": len(prompts) * args.num_samples / (time.time() - started)}
+    stage.logger.info("Preference pairs: %s", json.dumps(summary))
+    stage.mark_complete(output, summary)
+
+
+if __name__ == "__main__":
+    stage.run(main)
