@@ -93,6 +93,20 @@ def answer_accuracy(completions, answer: list, **kwargs) -> list[float | None]:
     return rewards
 
 
+def answer_closeness(completions, answer: list, **kwargs) -> list[float | None]:
+    """Partial credit for a numeric answer: 1 / (1 + |answer - reference|), so 1.0 when right, 0.5 when one off;
+    0.0 without an answer, None for a reference that is not a number. A denser signal than answer_accuracy for a
+    policy that is rarely exactly right."""
+    rewards: list[float | None] = []
+    for completion, gold in zip(completions, answer, strict=True):
+        reference, predicted = gold_number(gold), extract_answer(completion_text(completion))
+        if reference is None:
+            rewards.append(None)
+        else:
+            rewards.append(0.0 if predicted is None else 1.0 / (1.0 + abs(predicted - reference)))
+    return rewards
+
+
 def answer_format(completions, **kwargs) -> list[float]:
     """1.0 when the reply ends with "The answer is N." (the form the answer is read from), else 0.0."""
     return [float(bool(FORMAT.search(completion_text(c).strip()))) for c in completions]
@@ -119,6 +133,7 @@ class _WithMaxLength:
 
 REWARD_FUNCS: dict[str, Callable] = {
     "answer_accuracy": answer_accuracy,
+    "answer_closeness": answer_closeness,
     "answer_format": answer_format,
     "overlong_penalty": overlong_penalty,
     # TRL's own, for data in their forms: `solution` column checked by math-verify; <think>...</think> replies.
@@ -128,7 +143,7 @@ REWARD_FUNCS: dict[str, Callable] = {
 # Functions that need the completion length limit the trainer generates with.
 NEEDS_MAX_LENGTH = {"overlong_penalty"}
 # The dataset column each function reads its reference from, so a stage can check its data before training.
-REWARD_COLUMNS = {"answer_accuracy": "answer", "accuracy": "solution"}
+REWARD_COLUMNS = {"answer_accuracy": "answer", "answer_closeness": "answer", "accuracy": "solution"}
 
 
 def is_reward_model(name: str) -> bool:

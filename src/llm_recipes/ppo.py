@@ -1,0 +1,749 @@
+"""PPO for language models (RLHF form): our own trainer, since TRL 1.13+ no longer ships one.
+
+The algorithm is the one of Ziegler et al. (2019) and Ouyang et al. (2022), as "The N+ implementation details of
+RLHF with PPO" (Huang et al., 2024) and TRL's old PPOTrainer lay it out. Every PPO step:
+
+1. rollout: sample a reply to each prompt of the batch from the policy (temperature, top-p, at most
+   `max_completion_length` tokens, stopping on EOS); tokens after the first stop token are padding;
+2. scoring: the policy's and the reference's log-probabilities of the reply, the value model's value before each of its
+   tokens, and the reply's score: the weighted sum of the reward functions and reward models (`reward_funcs`,
+   `reward_weights`), less `missing_eos_penalty` when the reply never ended;
+3. per-token rewards: -kl_coef * KL(policy || reference) on every token (estimator k1, k2 or k3), and the score on the
+   last one; the KL coefficient is fixed or adapted towards `kl_target` (Ziegler et al.'s controller);
+4. advantages by GAE (gamma, lam), whitened over the batch; returns = advantages + values;
+5. `num_ppo_epochs` passes over the batch in `num_mini_batches` minibatches, each an optimizer step accumulated over
+   micro-batches of `per_device_train_batch_size`: clipped policy loss + vf_coef * clipped value loss.
+
+The maths are pure functions of tensors at the top of this file (tested on fixed tensors in tests/test_ppo_math.py).
+`PPOTrainer` subclasses transformers' Trainer for what Trainer does well (accelerator and DDP set-up, optimizer and
+scheduler, callbacks and `report_to`, checkpoints and their rotation) and replaces its loop with the PPO loop above.
+The policy and the value model train together as one module (`PolicyAndValue`), so one optimizer and one DDP
+wrapper cover both. A checkpoint holds the policy (as a model Transformers or peft reloads), the value model in
+`value_model/`, the KL coefficient, optimizer, scheduler and RNG states; a run resumes from it to the same weights.
+
+The value model is a sequence-classification model (a backbone and a one-output linear `score` head) applied to every
+position, not only the last. It starts from the reward model when there is one (its head already predicts the final
+score, so early value estimates are sensible), else from the policy's checkpoint with a new head, which
+scripts/ppo.py starts at zero (a random head's values are noise that drowns a sparse reward). The reference is a
+frozen copy of the starting policy or, with LoRA, the policy itself with its adapters disabled (no second copy).
+
+Several processes: data-parallel (DDP, `accelerate launch --multi_gpu`, or gloo on CPU). DeepSpeed and FSDP are
+refused: the frozen reference and reward models would need their own sharded set-up.
+"""
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    Trainer,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import TrainOutput, speed_metrics
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
+
+from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe
+
+PPO_STATE = "ppo_state.json"  # the KL coefficient (adaptive), kept in every checkpoint
+VALUE_MODEL_DIR = "value_model"
+
+
+# The maths, on tensors of shape (batch, response tokens) with a mask of the tokens that count.
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask` is true (over everything, or along `dim`)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of `values` where `mask` is true; unbiased (Bessel's correction) by default."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    if unbiased:
+        count = mask.sum()
+        if count < 2:
+            return torch.zeros_like(variance)
+        variance = variance * count / (count - 1)
+    return variance
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`values` scaled to unit variance (and zero mean with `shift_mean`), the statistics taken where `mask` is
+    true; masked entries are returned as 0."""
+    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def response_mask(responses: torch.Tensor, stop_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which tokens of each response count: those up to and including its first stop token (all of them when it
+    has none). Returns the mask and whether each response ended with a stop token."""
+    is_stop = torch.isin(responses, torch.tensor(stop_token_ids, device=responses.device))
+    ended = is_stop.any(dim=1)
+    last = torch.where(ended, is_stop.int().argmax(dim=1), responses.shape[1] - 1)
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    return positions[None, :] <= last[:, None], ended
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the log-probabilities of tokens sampled from the policy
+    (Schulman, "Approximating KL divergence"): k1 = log r, k2 = (log r)^2 / 2, k3 = (1/r - 1) + log r, with
+    r = policy / reference. k1 is unbiased but can be negative; k3 is unbiased and never negative."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl_estimator: expects k1, k2 or k3, got {estimator!r}.")
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards: -kl_coef * kl on every counted token, plus the sequence's score on its last one."""
+    rewards = -kl_coef * kl * mask
+    last = mask.long().sum(dim=1).clamp(min=1) - 1
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al., 2016), backwards over the tokens:
+    delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},  returns = A + V.
+    The value after the last counted token is 0 (the episode ends there); masked entries come back as 0."""
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
+    """PPO's clipped surrogate: mean over counted tokens of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), with
+    r = exp(logprobs - old_logprobs). Returns the loss, the fraction of tokens where clipping bit, and the
+    approximate KL to the rollout policy, mean((log r)^2) / 2."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio.detach() ** 2, mask)
+    return loss, clipfrac, approx_kl
+
+
+def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
+    """PPO's clipped value loss: 0.5 * mean over counted tokens of max((V - R)^2, (V_clip - R)^2), with V_clip the
+    new value kept within cliprange_value of the rollout's. Returns the loss and the fraction clipped."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    return loss, clipfrac
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over counted tokens: 1 is a perfect value model, 0 no better than
+    a constant, negative worse than one."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): move kl_coef so that the observed KL approaches `target`, by at most 20% of the error
+    per `horizon` episodes: kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * episodes / horizon."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, current_kl: float, episodes: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * episodes / self.horizon
+
+
+def prompt_indices(num_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The prompts of PPO step `step` (counted from 0): batches of a fresh shuffle of the data every epoch, the
+    last partial batch of an epoch dropped. A function of the step alone, so that a resumed run sees what an
+    uninterrupted one would."""
+    per_epoch = num_prompts // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"The training set has {num_prompts} prompts, fewer than one rollout batch ({batch_size}).")
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[index * batch_size : (index + 1) * batch_size].tolist()
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """Arguments of `PPOTrainer`: Transformers' TrainingArguments and PPO's own.
+
+    One PPO step collects `per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches` replies per
+    process (the rollout batch), then makes `num_ppo_epochs * num_mini_batches` optimizer steps on them. `max_steps`
+    counts PPO steps; so do `logging_steps`, `save_steps`, `eval_steps` and the learning-rate schedule.
+    """
+
+    # Rewards
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["answer_accuracy"],
+        metadata={"help": "What scores a reply: names of reward functions (llm_recipes.rewards.REWARD_FUNCS: "
+                  "answer_accuracy, answer_format, overlong_penalty, accuracy, think_format) and/or paths of reward "
+                  "models (a folder or Hub id of a sequence-classification model with one output)."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One weight per entry of reward_funcs, in order; the score is their weighted sum. "
+                  "Default: 1.0 each."},
+    )
+    missing_eos_penalty: float | None = field(
+        default=1.0,
+        metadata={"help": "Subtracted from the score of a reply that never emits a stop token (it ran into "
+                  "max_completion_length). null: no penalty."},
+    )
+    value_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint the value model starts from. Default: the first reward model of reward_funcs, "
+                  "else the policy's checkpoint (with a new one-output head)."},
+    )
+    # Rollouts
+    max_prompt_length: int = field(
+        default=512, metadata={"help": "Prompt tokens kept (the end of a longer prompt is kept, its start cut)."})
+    max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per reply."})
+    temperature: float = field(
+        default=0.7,
+        metadata={"help": "Sampling temperature of the rollouts; log-probabilities are taken at the same temperature "
+                  "so that the policy being trained is the one that sampled."},
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus sampling of the rollouts. Below 1.0 the sampling distribution is no longer the "
+                  "policy's, which PPO's ratios assume; keep 1.0 unless you know why."},
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64,
+        metadata={"help": "Prompts per generation call and per scoring forward pass (a memory knob; the rollout "
+                  "batch is split into chunks of this size)."},
+    )
+    # PPO
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each rollout batch."})
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Minibatches (optimizer steps) per pass over a rollout batch."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "Weight of the per-token KL penalty to the reference (its start value with "
+                                "adaptive_kl)."})
+    kl_estimator: Literal["k1", "k2", "k3"] = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator: k1 = log(p/q) (unbiased, can be negative), k3 = q/p - 1 - "
+                  "log(q/p) (unbiased, non-negative, lower variance), k2 = log(p/q)^2 / 2."},
+    )
+    adaptive_kl: bool = field(
+        default=False,
+        metadata={"help": "Adapt kl_coef so that the KL per reply approaches kl_target (Ziegler et al., 2019)."})
+    kl_target: float = field(default=6.0, metadata={"help": "KL per reply (nats) the adaptive controller aims at."})
+    kl_horizon: int = field(
+        default=10000, metadata={"help": "Episodes over which the adaptive controller closes most of the gap."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio (epsilon)."})
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "Clip range of the value update around the rollout's values."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE (bias-variance trade-off of advantages)."})
+    whiten_rewards: bool = field(
+        default=False, metadata={"help": "Scale the per-token rewards to unit variance over the batch before GAE."})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Whiten advantages (zero mean, unit variance over the batch's tokens)."})
+    # Overrides of TrainingArguments' defaults, as TRL's configs make them.
+    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate (AdamW)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many PPO steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_reward_names(self.reward_funcs, self.reward_weights)
+        for key in ("num_ppo_epochs", "num_mini_batches", "max_completion_length", "local_rollout_forward_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}.")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError("temperature must be > 0 and top_p in (0, 1].")
+
+    @property
+    def local_rollout_batch_size(self) -> int:
+        """Replies each process generates per PPO step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+class PolicyAndValue(nn.Module):
+    """The policy and the value model as one trained module: one optimizer, one DDP wrapper."""
+
+    def __init__(self, policy: nn.Module, value_model: PreTrainedModel):
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+        if not hasattr(value_model, "score"):
+            raise ValueError(f"The value model ({type(value_model).__name__}) has no `score` head; use a checkpoint "
+                             "that AutoModelForSequenceClassification loads with a `score` layer (decoder LMs do).")
+
+    def forward(self, input_ids, attention_mask, position_ids, response_length: int):
+        """Logits and values at the positions that predict the last `response_length` tokens."""
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+        return logits, token_values(self.value_model, input_ids, attention_mask, position_ids, response_length)
+
+
+def token_values(value_model, input_ids, attention_mask, position_ids, response_length: int) -> torch.Tensor:
+    """The value model's `score` head read at every position that precedes one of the last `response_length` tokens."""
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+    return value_model.score(hidden[:, -response_length - 1 : -1]).squeeze(-1).float()
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class PPOTrainer(Trainer):
+    """PPO on a policy, a value model and rewards (functions, reward models, or both, weighted).
+
+    Args:
+        args: the run's `PPOConfig`.
+        processing_class: the policy's tokenizer (left padding is used for generation).
+        model: the policy, a causal LM (a peft model with LoRA: the reference is then the policy with adapters off).
+        ref_model: a frozen copy of the starting policy; None with a peft policy.
+        value_model: a sequence-classification model with one output, trained alongside the policy.
+        reward_funcs: callables in TRL's reward-function form, reward models, or their paths (default: built from
+            `args.reward_funcs`); weighted by `args.reward_weights`.
+        train_dataset, eval_dataset: prompts (`prompt`, conversational or text) and the columns the reward functions
+            read (e.g. `answer`). Evaluation generates greedily and reports each reward's mean, the KL to the
+            reference, and the reply length.
+    """
+
+    def __init__(self, args: PPOConfig, processing_class, model, value_model, ref_model=None, reward_funcs=None,
+                 train_dataset=None, eval_dataset=None, reward_processing_classes=None, callbacks=None):
+        if _is_peft(model) == (ref_model is not None):
+            raise ValueError("Pass ref_model for a full policy, and none for a peft (LoRA) policy, whose reference "
+                             "is itself with adapters disabled.")
+        if processing_class.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; PPO pads prompts and replies.")
+        self.ref_model = ref_model
+        for m in (model, value_model, ref_model):
+            if m is not None:
+                disable_dropout_in_model(m)
+        wrapped = PolicyAndValue(model, value_model)
+        super().__init__(model=wrapped, args=args, processing_class=processing_class, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, data_collator=lambda rows: rows, callbacks=callbacks)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError("PPOTrainer runs data-parallel (DDP) only; DeepSpeed and FSDP are not supported.")
+        if ref_model is not None:
+            ref_model.requires_grad_(False)
+            self.ref_model = ref_model.to(self.accelerator.device).eval()
+
+        if reward_funcs is None:
+            names, weights = reward_funcs_from_recipe(args.reward_funcs, args.reward_weights,
+                                                      args.max_completion_length)
+        else:
+            names, weights = reward_funcs, args.reward_weights or [1.0] * len(reward_funcs)
+        self.reward_funcs, self.reward_weights, self.reward_names = [], weights, []
+        self.reward_processing_classes = []
+        for i, func in enumerate(names):
+            tokenizer = (reward_processing_classes or [None] * len(names))[i]
+            if isinstance(func, str):
+                func = AutoModelForSequenceClassification.from_pretrained(func, num_labels=1)
+            if isinstance(func, PreTrainedModel):
+                func.requires_grad_(False)
+                func = func.to(self.accelerator.device).eval()
+                tokenizer = tokenizer or AutoTokenizer.from_pretrained(func.config._name_or_path)
+                if func.config.pad_token_id is None:
+                    func.config.pad_token_id = tokenizer.pad_token_id
+                self.reward_names.append(func.config._name_or_path.rstrip("/").split("/")[-1] or f"model_{i}")
+            else:
+                self.reward_names.append(func.__name__)
+            self.reward_funcs.append(func)
+            self.reward_processing_classes.append(tokenizer)
+
+        self.kl_controller = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+        eos = model.generation_config.eos_token_id
+        self.stop_token_ids = sorted({processing_class.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
+                                     - {None})
+        sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.max_completion_length, eos_token_id=self.stop_token_ids,
+            pad_token_id=processing_class.pad_token_id, use_cache=True, **sampling)
+        self.eval_generation_config = GenerationConfig(
+            max_new_tokens=args.max_completion_length, eos_token_id=self.stop_token_ids,
+            pad_token_id=processing_class.pad_token_id, use_cache=True, do_sample=False)
+        self.train_dataset = self._tokenize(train_dataset) if train_dataset is not None else None
+        self.eval_dataset = self._tokenize(eval_dataset) if eval_dataset is not None else None
+        self._saving_checkpoint = False
+
+    # Data
+
+    def _tokenize(self, dataset):
+        """Prompts through the chat template (conversational ones) and the tokenizer, as `prompt_ids`."""
+        tokenizer, limit = self.processing_class, self.args.max_prompt_length
+
+        def tokenize(example):
+            text = maybe_apply_chat_template({"prompt": example["prompt"]}, tokenizer)["prompt"]
+            return {"prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"][-limit:]}
+
+        return dataset.map(tokenize, desc="Tokenizing prompts")
+
+    # Rollouts and scoring
+
+    def _sequences(self, prompt_ids: list[list[int]]):
+        """Prompts left-padded into one batch, with their attention mask."""
+        pad_id = self.processing_class.pad_token_id
+        prompts = [torch.tensor(p, dtype=torch.long) for p in prompt_ids]
+        queries = pad(prompts, padding_value=pad_id, padding_side="left").to(self.accelerator.device)
+        masks = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
+        return queries, masks.to(self.accelerator.device)
+
+    @torch.no_grad()
+    def _generate(self, queries, query_mask, generation_config) -> torch.Tensor:
+        """Replies to a batch of prompts, in chunks of local_rollout_forward_batch_size, padded to one length."""
+        chunk = self.args.local_rollout_forward_batch_size
+        replies = []
+        for start in range(0, len(queries), chunk):  # the module itself: DDP's wrapper shares its parameters
+            q, m = queries[start : start + chunk], query_mask[start : start + chunk]
+            out = self.model.policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
+            replies.append(out[:, q.shape[1] :])
+        width = max(r.shape[1] for r in replies)
+        pad_id = self.processing_class.pad_token_id
+        return torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in replies])
+
+    @staticmethod
+    def _model_inputs(queries, query_mask, responses, mask):
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, mask.long()], dim=1)
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        return input_ids, attention_mask, position_ids
+
+    def _logprobs(self, model, input_ids, attention_mask, position_ids, responses, temperature: float):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=responses.shape[1] + 1, use_cache=False).logits[:, :-1]
+        return selective_log_softmax(logits.float() / temperature, responses)
+
+    @torch.no_grad()
+    def _score_forward(self, queries, query_mask, responses, mask, temperature: float, values: bool = True):
+        """Log-probabilities of the replies under the policy and the reference, and the value model's values, in
+        chunks. With `values` false, only the two log-probabilities."""
+        chunk = self.args.local_rollout_forward_batch_size
+        unwrapped = self.model
+        out = defaultdict(list)
+        for start in range(0, len(queries), chunk):
+            part = slice(start, start + chunk)
+            inputs = self._model_inputs(queries[part], query_mask[part], responses[part], mask[part])
+            out["logprobs"].append(self._logprobs(unwrapped.policy, *inputs, responses[part], temperature))
+            with self._reference() as reference:
+                out["ref_logprobs"].append(self._logprobs(reference, *inputs, responses[part], temperature))
+            if values:
+                out["values"].append(token_values(unwrapped.value_model, *inputs, responses.shape[1]))
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    @contextmanager
+    def _reference(self):
+        """The reference policy: the frozen copy, or the peft policy with its adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.model.policy.disable_adapter():
+                yield self.model.policy
+
+    def _rewards(self, examples: list[dict], responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each reward function's and reward model's score of each reply, shape (replies, rewards); NaN where a
+        function returned None."""
+        tokenizer = self.processing_class
+        ids = [r[m].tolist() for r, m in zip(responses, mask)]
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        prompts = [e["prompt"] for e in examples]
+        conversational = is_conversational({"prompt": prompts[0]})
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+        columns = {k: [e[k] for e in examples] for k in examples[0] if k not in ("prompt", "prompt_ids")}
+        scores = torch.zeros(len(examples), len(self.reward_funcs), device=self.accelerator.device)
+        for i, (func, reward_tokenizer) in enumerate(zip(self.reward_funcs, self.reward_processing_classes)):
+            if isinstance(func, PreTrainedModel):
+                if conversational:
+                    full = [reward_tokenizer.apply_chat_template(p + c, tokenize=False)
+                            for p, c in zip(prompts, completions)]
+                else:
+                    full = [p + c for p, c in zip(prompts, completions)]
+                inputs = reward_tokenizer(full, return_tensors="pt", padding=True, padding_side="right",
+                                          add_special_tokens=False).to(self.accelerator.device)
+                with torch.no_grad():
+                    scores[:, i] = func(**inputs).logits[:, 0].float()
+            else:
+                values = func(prompts=prompts, completions=completions, completion_ids=ids,
+                              trainer_state=self.state, **columns)
+                scores[:, i] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+        return scores
+
+    def _weighted(self, per_func: torch.Tensor) -> torch.Tensor:
+        weights = torch.tensor(self.reward_weights, device=per_func.device, dtype=per_func.dtype)
+        return (per_func * weights).nansum(dim=1)
+
+    # The loop
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs) -> TrainOutput:
+        """Run PPO for `max_steps` PPO steps (or `num_train_epochs` passes over the prompts), resuming from a
+        checkpoint of an earlier run when given one."""
+        args = self.args
+        self.is_in_train = True
+        batch_size = args.local_rollout_batch_size
+        global_batch = batch_size * self.accelerator.num_processes
+        if len(self.train_dataset) < global_batch:
+            raise ValueError(f"The training set has {len(self.train_dataset)} prompts, fewer than one rollout batch "
+                             f"({global_batch}: per_device_train_batch_size x gradient_accumulation_steps x "
+                             "num_mini_batches x processes).")
+        steps_per_epoch = len(self.train_dataset) // global_batch
+        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+
+        if resume_from_checkpoint is not None:
+            self._load_from_checkpoint(resume_from_checkpoint)
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
+            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control]
+                                if isinstance(cb, ExportableState)])
+        self.state.compute_steps(args, max_steps)
+        if resume_from_checkpoint is not None:
+            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+        self.state.max_steps, self.state.num_train_epochs = max_steps, math.ceil(max_steps / steps_per_epoch)
+        self.create_optimizer()
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.create_scheduler(num_training_steps=max_steps)
+        if resume_from_checkpoint is not None:
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_rng_state(resume_from_checkpoint)
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+
+        start_time, start_step = time.time(), self.state.global_step
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if args.eval_on_start and self.eval_dataset is not None and start_step == 0:
+            self.evaluate()
+        logged = defaultdict(list)
+        while self.state.global_step < max_steps and not self.control.should_training_stop:
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            for key, value in self._ppo_step(global_batch).items():
+                logged[key].append(value)
+            self.state.global_step += 1
+            self.state.epoch = self.state.global_step / steps_per_epoch
+            self.lr_scheduler.step()
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if self.control.should_log:
+                self.log({k: sum(v) / len(v) for k, v in logged.items()}
+                         | {"learning_rate": self.lr_scheduler.get_last_lr()[0], "kl_coef": self.kl_controller.value})
+                logged.clear()
+                self.control.should_log = False
+            if self.control.should_evaluate and self.eval_dataset is not None:
+                self.evaluate()
+                self.control.should_evaluate = False
+            if self.control.should_save:
+                self._save_checkpoint(self.model_wrapped, trial=None)
+                self.control = self.callback_handler.on_save(args, self.state, self.control)
+                self.control.should_save = False
+
+        steps = self.state.global_step - start_step
+        metrics = speed_metrics("train", start_time, num_samples=steps * global_batch, num_steps=steps)
+        self.log(metrics)
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        self.is_in_train = False
+        return TrainOutput(self.state.global_step, None, metrics)
+
+    def _ppo_step(self, global_batch: int) -> dict[str, float]:
+        """One rollout batch and its PPO updates; returns this process's metrics (averaged over processes)."""
+        args, accelerator = self.args, self.accelerator
+        batch_size = args.local_rollout_batch_size
+        indices = prompt_indices(len(self.train_dataset), global_batch, self.state.global_step, args.seed)
+        examples = [self.train_dataset[i] for i in indices[accelerator.process_index :: accelerator.num_processes]]
+        model = self.model_wrapped
+        model.train()
+
+        step_started = timer = time.perf_counter()
+        queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
+        responses = self._generate(queries, query_mask, self.generation_config)
+        mask, ended = response_mask(responses, self.stop_token_ids)
+        generation_seconds = time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        rollout = self._score_forward(queries, query_mask, responses, mask, args.temperature)
+        per_func = self._rewards(examples, responses, mask)
+        scores = self._weighted(per_func)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~ended).float()
+        maskf = mask.float()
+        kl = kl_penalty(rollout["logprobs"], rollout["ref_logprobs"], args.kl_estimator) * maskf
+        kl_coef = self.kl_controller.value
+        rewards = token_rewards(scores, kl, kl_coef, maskf)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+        values = rollout["values"] * maskf
+        advantages, returns = gae(rewards, values, maskf, args.gamma, args.lam)
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, maskf)
+        scoring_seconds = time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        stats = defaultdict(list)
+        micro = args.per_device_train_batch_size
+        minibatch = batch_size // args.num_mini_batches
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(batch_size, device=responses.device)
+            for mb_start in range(0, batch_size, minibatch):
+                mb = order[mb_start : mb_start + minibatch]
+                micro_batches = [mb[i : i + micro] for i in range(0, len(mb), micro)]
+                for j, idx in enumerate(micro_batches):
+                    last = j == len(micro_batches) - 1
+                    with nullcontext() if last else accelerator.no_sync(model):
+                        inputs = self._model_inputs(queries[idx], query_mask[idx], responses[idx], mask[idx])
+                        logits, new_values = model(*inputs, response_length=responses.shape[1])
+                        logits = logits.float() / args.temperature
+                        new_logprobs = selective_log_softmax(logits, responses[idx])
+                        pg_loss, pg_clipfrac, approx_kl = clipped_policy_loss(
+                            new_logprobs, rollout["logprobs"][idx], advantages[idx], maskf[idx], args.cliprange)
+                        vf_loss, vf_clipfrac = clipped_value_loss(
+                            new_values, values[idx], returns[idx], maskf[idx], args.cliprange_value)
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        accelerator.backward(loss / len(micro_batches))
+                    with torch.no_grad():
+                        stats["policy/entropy_avg"].append(masked_mean(entropy_from_logits(logits), maskf[idx]))
+                        stats["policy/clipfrac_avg"].append(pg_clipfrac)
+                        stats["policy/approxkl_avg"].append(approx_kl)
+                        stats["loss/policy_avg"].append(pg_loss.detach())
+                        stats["loss/value_avg"].append(vf_loss.detach())
+                        stats["val/clipfrac_avg"].append(vf_clipfrac)
+                        stats["val/ratio"].append(masked_mean(torch.exp(new_logprobs - rollout["logprobs"][idx]),
+                                                              maskf[idx]))
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        training_seconds = time.perf_counter() - timer
+
+        sequence_kl = kl.sum(dim=1)
+        metrics = {
+            "objective/scores": scores.mean(),
+            "objective/kl": sequence_kl.mean(),
+            "objective/entropy": (-rollout["logprobs"] * maskf).sum(dim=1).mean(),
+            "objective/non_score_reward": (-kl_coef * sequence_kl).mean(),
+            "objective/rlhf_reward": (scores - kl_coef * sequence_kl).mean(),
+            "val/explained_variance": explained_variance(values, returns, maskf),
+            "val/num_eos_tokens": ended.float().sum(),
+            "response_length": maskf.sum(dim=1).mean(),
+            **{k: torch.stack(v).mean() for k, v in stats.items()},
+            **{f"rewards/{name}": per_func[:, i].nanmean() for i, name in enumerate(self.reward_names)},
+        }
+        names = list(metrics)
+        averaged = accelerator.reduce(torch.stack([metrics[k].float() for k in names]), reduction="mean").tolist()
+        result = dict(zip(names, averaged))
+        result["val/num_eos_tokens"] *= accelerator.num_processes  # a count over all replies, not a mean
+        if args.adaptive_kl:
+            self.kl_controller.update(result["objective/kl"], global_batch)
+        result.update({"episode": (self.state.global_step + 1) * global_batch,
+                       "time/generation": generation_seconds, "time/scoring": scoring_seconds,
+                       "time/training": training_seconds, "time/step": time.perf_counter() - step_started})
+        return result
+
+    # Evaluation
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy replies to the held-out prompts: the mean of each reward (`eval_<name>`), the weighted score
+        (`eval_reward`, without the missing-EOS penalty), the KL to the reference summed over each reply's tokens
+        (exact at each position, over the whole vocabulary), the reply length and the share of replies that ended."""
+        dataset = self.eval_dataset if eval_dataset is None else self._tokenize(eval_dataset)
+        accelerator, chunk = self.accelerator, self.args.local_rollout_forward_batch_size
+        indices = list(range(len(dataset)))[accelerator.process_index :: accelerator.num_processes]
+        # Sums over this process's prompts: count, score, KL, length, ended, then one per reward.
+        sums = torch.zeros(5 + len(self.reward_funcs), device=accelerator.device)
+        for start in range(0, len(indices), chunk):
+            examples = [dataset[i] for i in indices[start : start + chunk]]
+            queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
+            responses = self._generate(queries, query_mask, self.eval_generation_config)
+            mask, ended = response_mask(responses, self.stop_token_ids)
+            input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
+            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          logits_to_keep=responses.shape[1] + 1, use_cache=False)
+            log_probs = self.model.policy(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
+            with self._reference() as reference:  # outside it: with LoRA, the reference is the policy itself
+                ref_log_probs = reference(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
+            kl = ((log_probs.exp() * (log_probs - ref_log_probs)).sum(dim=-1) * mask).sum(dim=1)
+            per_func = self._rewards(examples, responses, mask)
+            sums += torch.cat([
+                torch.stack([torch.tensor(float(len(examples)), device=accelerator.device),
+                             self._weighted(per_func).sum(), kl.sum(), mask.float().sum(), ended.float().sum()]),
+                per_func.nan_to_num(0.0).sum(dim=0),
+            ])
+        sums = accelerator.reduce(sums, reduction="sum")
+        means = (sums / sums[0].clamp(min=1)).tolist()
+        metrics = {f"{metric_key_prefix}_{key}": means[i + 1]
+                   for i, key in enumerate(("reward", "kl", "response_length", "eos_fraction"))}
+        metrics.update({f"{metric_key_prefix}_{name}": means[5 + i] for i, name in enumerate(self.reward_names)})
+        self.log(dict(metrics))  # a copy: log() adds the epoch to what it is given
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # Saving and resuming
+
+    def _save_checkpoint(self, model, trial=None) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """The policy (a model Transformers or peft reloads) and tokenizer; in a checkpoint, also the value model
+        and the KL coefficient, written before the trainer state that marks the checkpoint complete."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        unwrapped = self.model  # the module itself; DDP's wrapper shares its parameters
+        unwrapped.policy.save_pretrained(output_dir)
+        self.processing_class.save_pretrained(output_dir)
+        if self._saving_checkpoint:
+            unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+            with open(os.path.join(output_dir, PPO_STATE), "w") as f:
+                json.dump({"kl_coef": self.kl_controller.value}, f)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        unwrapped = self.model
+        super()._load_from_checkpoint(resume_from_checkpoint, model=unwrapped.policy)
+        super()._load_from_checkpoint(os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
+                                      model=unwrapped.value_model)
+        with open(os.path.join(resume_from_checkpoint, PPO_STATE)) as f:
+            self.kl_controller.value = json.load(f)["kl_coef"]
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # A resumed run must continue from exactly what was saved; only an LM head tied to the embeddings is
+        # absent from a checkpoint (save_pretrained writes shared weights once).
+        tied = getattr(self.model.policy.config, "tie_word_embeddings", False)
+        missing = [k for k in load_result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+        if missing or load_result.unexpected_keys:
+            raise ValueError(f"The checkpoint does not match the model: missing {missing}, unexpected "
+                             f"{load_result.unexpected_keys}.")
+

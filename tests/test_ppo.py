@@ -1,0 +1,194 @@
+"""PPO on tiny models: a toy reward rises, the stage logs what practitioners watch, saves, resumes to the same
+weights, trains LoRA against its own adapter-free reference, and runs on two processes."""
+
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, load_script
+from datasets import Dataset
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from llm_recipes.ppo import PPOConfig, PPOTrainer
+from llm_recipes.recipe import RecipeError
+
+WATCHED = ("objective/scores", "objective/kl", "objective/entropy", "policy/clipfrac_avg", "policy/approxkl_avg",
+           "loss/value_avg", "val/explained_variance", "response_length", "rewards/answer_accuracy",
+           "time/generation", "time/scoring", "time/training", "kl_coef")
+TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True)
+
+
+def toy_tokenizer():
+    """Ten letters and three special tokens, one word per token."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("abcdefghij")}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = toy_tokenizer()
+    config = dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=None, **TINY_LLAMA)
+    policy = LlamaForCausalLM(LlamaConfig(**config))
+    value_model = LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1))
+    a = tokenizer.convert_tokens_to_ids("a")
+
+    def share_of_a(completions, completion_ids, **kwargs):
+        return [sum(t == a for t in ids) / len(ids) for ids in completion_ids]
+
+    prompts = Dataset.from_dict({"prompt": [" ".join("bcdefghij"[i % 9 : i % 9 + 3]) for i in range(64)]})
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+                     per_device_train_batch_size=16, num_ppo_epochs=4, max_steps=20, learning_rate=3e-3,
+                     max_completion_length=6, temperature=1.0, missing_eos_penalty=None, kl_coef=0.01,
+                     logging_steps=1, save_strategy="no")
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=copy.deepcopy(policy),
+                         value_model=value_model, reward_funcs=[share_of_a], train_dataset=prompts)
+    trainer.train()
+    scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    assert len(scores) == 20
+    # Sampling at random from 13 tokens gives a share near 1/13; PPO must have learned to say "a" far more often.
+    assert scores[0] < 0.2 and sum(scores[-3:]) / 3 > 0.5, scores
+    kls = [h["objective/kl"] for h in trainer.state.log_history if "objective/kl" in h]
+    assert kls[0] == pytest.approx(0.0, abs=1e-4) and kls[-1] > 0  # the policy moved away from its reference
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tiny_tokenizer, tmp_path_factory):
+    """A random tiny Llama with the tiny world's tokenizer and its ChatML template, saved like an SFT model."""
+    out = tmp_path_factory.mktemp("policy")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **TINY_LLAMA)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_recipe(path, tiny_world, policy, output_dir, max_steps=4, extra=""):
+    rl = tiny_world / "rl"
+    path.write_text(
+        f"output_dir: {output_dir}\nmodel_name_or_path: {policy}\n"
+        f"dataset_mixture:\n  datasets: [{{path: {rl}/train.jsonl, columns: [prompt, answer]}}]\n"
+        f"  eval_datasets: [{{path: {rl}/test.jsonl, columns: [prompt, answer]}}]\n"
+        f"reward_funcs: [answer_accuracy, answer_format]\nreward_weights: [1.0, 0.5]\n"
+        f"max_completion_length: 8\ntemperature: 1.0\nper_device_train_batch_size: 8\nnum_mini_batches: 2\n"
+        f"num_ppo_epochs: 2\nlearning_rate: 1.0e-3\nadaptive_kl: true\nkl_target: 1.0\nkl_horizon: 100\n"
+        f"use_cpu: true\nseed: 5\nmax_steps: {max_steps}\neval_on_start: true\nlogging_steps: 1\n"
+        f"save_strategy: steps\nsave_steps: 2\nreport_to: none\ndisable_tqdm: true\n{extra}"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tiny_world, tiny_policy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo")
+    recipe = write_recipe(out / "recipe.yaml", tiny_world, tiny_policy, out / "model")
+    load_script("ppo").main(["--config", str(recipe)])
+    return out / "model"
+
+
+def test_logs_hold_what_practitioners_watch(ppo_run):
+    history = json.loads((ppo_run / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "objective/kl" in h]
+    assert len(steps) == 4
+    for key in WATCHED:
+        assert all(key in h for h in steps), key
+
+
+def test_summary_reports_held_out_rewards_before_and_after_and_where_the_time_went(ppo_run):
+    summary = json.loads((ppo_run / "stage_complete.json").read_text())
+    for key in ("eval_answer_accuracy", "eval_answer_format", "eval_reward", "eval_kl", "eval_response_length"):
+        assert key in summary and key + "_before" in summary, key
+    assert summary["eval_kl_before"] == pytest.approx(0.0, abs=1e-5)  # the policy is its reference at the start
+    assert summary["eval_kl"] > 0
+    assert summary["seconds_per_step"] >= (summary["seconds_per_step_generation"]
+                                           + summary["seconds_per_step_training"])
+    assert summary["processes"] == 1
+
+
+def test_output_is_a_plain_causal_lm_and_checkpoints_hold_the_value_model(ppo_run):
+    model = AutoModelForCausalLM.from_pretrained(ppo_run)
+    assert model.config.num_hidden_layers == 2
+    assert not (ppo_run / "value_model").exists() and not list(ppo_run.glob("*.bin"))
+    for name in ("model.safetensors", "value_model/model.safetensors", "ppo_state.json", "optimizer.pt"):
+        assert (ppo_run / "checkpoint-2" / name).is_file(), name
+
+
+def test_resumed_run_ends_with_identical_weights(ppo_run, tiny_world, tiny_policy, tmp_path):
+    # A run killed after its checkpoint at step 2, launched again.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(ppo_run / "checkpoint-2", resumed / "checkpoint-2")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, resumed)
+    load_script("ppo").main(["--config", str(recipe)])
+    uninterrupted, continued = load_file(ppo_run / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, weight in uninterrupted.items():
+        assert torch.equal(weight, continued[name]), name
+    kl_coef = [json.loads((d / "checkpoint-4" / "ppo_state.json").read_text())["kl_coef"] for d in (ppo_run, resumed)]
+    assert kl_coef[0] == kl_coef[1] != 0.05  # the adaptive coefficient was restored, then moved on identically
+
+
+def test_lora_policy_trains_against_itself_with_adapters_disabled(tiny_world, tiny_policy, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, tmp_path / "lora", max_steps=2,
+                          extra="use_peft: true\nlora_r: 4\nlora_alpha: 8\nlora_target_modules: all-linear\n"
+                                "save_strategy: 'no'\n")
+    load_script("ppo").main(["--config", str(recipe)])
+    summary = json.loads((tmp_path / "lora" / "stage_complete.json").read_text())
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()  # only the adapter is saved
+    assert summary["eval_kl_before"] == pytest.approx(0.0, abs=1e-6) and summary["eval_kl"] > 0
+    assert summary["trainable_parameters"] < 60_000  # the adapters and the value model, not the policy
+
+
+def test_an_unknown_reward_function_is_a_recipe_error(tiny_world, tiny_policy, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, tmp_path / "out")
+    with pytest.raises(RecipeError, match="Did you mean 'answer_format'"):
+        load_script("ppo").RecipeParser(load_script("ppo").ARGUMENTS).parse_or_raise(
+            ["--config", str(recipe), "--reward_funcs", "answer_accuracy", "answer_formt"])
+
+
+def test_a_reward_function_without_its_column_is_named(tiny_world, tiny_policy, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, tmp_path / "out")
+    recipe.write_text(recipe.read_text().replace(", answer]", "]"))
+    with pytest.raises(RecipeError, match="'answer_accuracy' reads the column 'answer'"):
+        load_script("ppo").main(["--config", str(recipe)])
+
+
+@pytest.mark.slow
+def test_ppo_runs_on_two_processes(tiny_world, tiny_policy, tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, tmp_path / "ddp", max_steps=2,
+                          extra="eval_on_start: false\n")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(port),
+         "--config_file", str(REPO_ROOT / "accelerate_configs/cpu_multi_process.yaml"),
+         str(REPO_ROOT / "scripts/ppo.py"), "--config", str(recipe)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "stage_complete.json").read_text())
+    assert summary["processes"] == 2
+    # Each process generates its own 16 replies a step: 2 steps of 32 in all.
+    history = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["log_history"]
+    assert [h["episode"] for h in history if "episode" in h] == [32, 64]
+    assert not re.search(r"Traceback", result.stderr)
