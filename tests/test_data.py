@@ -82,3 +82,24 @@ def test_unknown_key_in_a_dataset_entry_suggests_the_valid_one():
 def test_a_mixture_without_datasets_is_refused():
     with pytest.raises(RecipeError, match="datasets"):
         DatasetMixture.from_recipe({"max_examples": 3})
+
+
+@pytest.mark.parametrize("every_key_in_every_message", [True, False], ids=["structs", "json"])
+def test_conversations_with_and_without_tools_mix_into_one_schema(tmp_path, every_key_in_every_message):
+    # Messages with the same keys load as structs; messages of mixed shape load as JSON. Either mixes with plain chat.
+    plain = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 20)
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "1 + 2"}}}
+    tool = {"type": "function", "function": {"name": "calculator", "description": "adds"}}
+    messages = [{"role": "user", "content": "1 + 2?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "calculator", "content": "3"}]
+    if every_key_in_every_message:
+        messages = [{"name": None, "tool_calls": None, **m} for m in messages]
+    tools = write_jsonl(tmp_path / "tools.jsonl", [{"tools": [tool], "messages": messages}] * 20)
+    data, _ = build_mixture(DatasetMixture.from_recipe({"datasets": [plain, tools]}), "conversational")
+    rows = data["train"]
+    assert sorted(rows.column_names) == ["messages", "tools"]
+    chat = next(r for r in rows if r["tools"] is None)  # what a source lacks is null, which templates read as absent
+    assert chat["messages"][1]["content"] == "hello" and not chat["messages"][1].get("tool_calls")
+    with_tools = next(r for r in rows if r["tools"] is not None)
+    assert with_tools["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"expression": "1 + 2"}

@@ -91,3 +91,15 @@ def test_script_exits_with_one_line_before_loading_anything(tmp_path, repo_root)
     assert result.returncode == 2
     assert "Did you mean 'warmup_steps'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_key_two_dataclasses_define_reaches_both(tmp_path):
+    # Our StageArguments and every TRL config define trust_remote_code.
+    from trl import SFTConfig
+
+    from llm_recipes.stage import StageArguments
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("trust_remote_code: true\nuse_cpu: true\noutput_dir: out\n")
+    stage_args, sft_args = RecipeParser((StageArguments, SFTConfig)).parse_or_raise(["--config", str(path)])
+    assert stage_args.trust_remote_code is True and sft_args.trust_remote_code is True

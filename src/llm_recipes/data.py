@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 FORMATS: dict[str, list[tuple[str, ...]]] = {
     "text": [("text",)],
     "conversational": [("messages",), ("prompt", "completion")],
-    "preference": [("chosen", "rejected")],
+    "preference": [("prompt", "chosen", "rejected"), ("chosen", "rejected")],  # explicit, or implicit prompt
     "prompt_answer": [("prompt", "answer")],
     "prompt": [("prompt",)],
 }
@@ -155,7 +155,8 @@ def check_format(columns: list[str], fmt: str, source: str) -> tuple[str, ...]:
     for needed in options:
         if all(c in columns for c in needed):
             return needed
-    needed = options[0]
+    # Name what is missing from the alternative the dataset comes closest to.
+    needed = min(options, key=lambda o: sum(c not in columns for c in o))
     missing = [c for c in needed if c not in columns]
     alternatives = " or ".join("/".join(o) for o in options)
     raise DatasetFormatError(
@@ -193,8 +194,48 @@ def load_source(source: DatasetSource, fmt: str, streaming: bool = False):
     needed = check_format(list(dataset.column_names), fmt, source.describe())
     if source.columns is None and not streaming:
         # Sources may carry extra columns (ids, urls); keep only what the stage reads so they can be mixed.
-        dataset = dataset.select_columns(list(needed) + [c for c in ("tools",) if c in dataset.column_names])
+        optional = ("tools", "margin")  # tool schemas of conversations; reward-model margins of preference pairs
+        dataset = dataset.select_columns(list(needed) + [c for c in optional if c in dataset.column_names])
     return dataset
+
+
+def _merged_feature(a, b, column: str):
+    """The type both `a` and `b` cast to: the union of struct fields, a null type taking the other's type, JSON
+    (what `datasets` infers for rows of mixed shape) taking any other."""
+    if a == b:
+        return a
+    if isinstance(a, datasets.Value) and a.dtype == "null":
+        return b
+    if isinstance(b, datasets.Value) and b.dtype == "null":
+        return a
+    if isinstance(a, datasets.Json) or isinstance(b, datasets.Json):
+        return datasets.Json()  # rows of mixed shape, kept as JSON: any struct casts to it
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _merged_feature(a[k], b[k], f"{column}.{k}") if k in a and k in b else a.get(k, b.get(k))
+                for k in [*a, *(k for k in b if k not in a)]}
+    if isinstance(a, datasets.List) and isinstance(b, datasets.List):
+        return datasets.List(_merged_feature(a.feature, b.feature, column))
+    raise DatasetFormatError(f"Datasets of one mixture disagree on the type of '{column}': {a} and {b}. "
+                             "Convert one of them, or select other columns with `columns:`.")
+
+
+def align_features(sources: list) -> list:
+    """Cast datasets to one schema so that they can be mixed, where they differ only in parts that one of them
+    lacks: a column (conversations without `tools`) or a struct field (messages without `tool_calls`). What a
+    dataset lacks is null, which chat templates read as absent."""
+    if all(d.features == sources[0].features for d in sources):
+        return sources
+    merged = {}
+    for d in sources:
+        for column, feature in d.features.items():
+            merged[column] = _merged_feature(merged[column], feature, column) if column in merged else feature
+    aligned = []
+    for d in sources:
+        for column in merged:
+            if column not in d.column_names:
+                d = d.add_column(column, [None] * len(d))
+        aligned.append(d.cast(datasets.Features(merged)))
+    return aligned
 
 
 @dataclass
@@ -232,11 +273,12 @@ def build_mixture(
         held_out = {name: load_source(s, fmt, mixture.streaming) for name, s in mixture.eval_datasets.items()}
     elif mixture.eval_datasets:
         held_out = {"test": datasets.concatenate_datasets(
-            [load_source(s, fmt, mixture.streaming) for s in mixture.eval_datasets])}
+            align_features([load_source(s, fmt, mixture.streaming) for s in mixture.eval_datasets]))}
     else:
         held_out = {}
     if mixture.streaming:
         return _stream_mixture(mixture, sources, held_out), MixtureReport()
+    sources = align_features(sources)
 
     tagged = [d.add_column("source_index", [i] * len(d)) for i, d in enumerate(sources)]
     if len(tagged) == 1:
@@ -269,7 +311,8 @@ def build_mixture(
         split = mixed.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
         splits = {"train": split["train"], "test": split["test"]}
     for name, dataset in held_out.items():
-        splits[name] = datasets.concatenate_datasets([splits[name], dataset]) if name in splits else dataset
+        splits[name] = (datasets.concatenate_datasets(align_features([splits[name], dataset]))
+                        if name in splits else dataset)
     return datasets.DatasetDict(splits), report
 
 

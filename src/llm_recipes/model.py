@@ -87,11 +87,13 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     revision: str | None = None,
     config_overrides: dict | None = None,
+    **load_kwargs,
 ):
     """Start from a checkpoint (`model_name_or_path`) or build a fresh model from the recipe's architecture.
 
     `config_overrides` changes fields of a checkpoint's config before its weights are loaded, e.g. RoPE scaling
-    and `max_position_embeddings` to extend the context window.
+    and `max_position_embeddings` to extend the context window. `load_kwargs` go to `from_pretrained`
+    (`quantization_config`, `device_map`).
     """
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
@@ -104,7 +106,10 @@ def load_causal_lm(
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            **load_kwargs,
         )
+    if load_kwargs:
+        raise RecipeError(f"{', '.join(load_kwargs)}: only for a model loaded from model_name_or_path.")
     if not architecture:
         raise RecipeError("Set either model_name_or_path (start from a checkpoint) or model_config (from scratch).")
     config = model_config_from_recipe(architecture, tokenizer, trust_remote_code)

@@ -5,6 +5,7 @@ recipe author needs before any compute is spent: an unknown key names the key, t
 key; a value of the wrong type names the key and what it expects.
 """
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -103,6 +104,12 @@ class RecipeParser(TrlParser):
     `parse_or_raise()` where the caller wants a `RecipeError`.
     """
 
+    def __init__(self, dataclass_types, **kwargs):
+        # TRL's configs and our StageArguments both define `trust_remote_code`. A key that several of the
+        # dataclasses define is one key, and each of them receives its value (see `_into_dataclasses`).
+        kwargs.setdefault("conflict_handler", "resolve")
+        super().__init__(dataclass_types, **kwargs)
+
     def error(self, message):
         # argparse would print the whole usage (hundreds of keys) and exit; one clear line is enough.
         raise RecipeError(f"command line: {message}")
@@ -135,6 +142,18 @@ class RecipeParser(TrlParser):
                 if key not in known:
                     raise RecipeError(unknown_key_message(key, actions, "command line"))
 
+    def _into_dataclasses(self, args: list[str]) -> tuple:
+        """Like HfArgumentParser.parse_args_into_dataclasses, but a key that several dataclasses define goes to all
+        of them (HfArgumentParser gives it to the first and fails on the next)."""
+        namespace, remaining = self.parse_known_args(args=args)
+        if remaining:
+            raise RecipeError(f"command line: unexpected arguments {remaining}.")
+        values = vars(namespace)
+        return tuple(
+            dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
+            for dtype in self.dataclass_types
+        )
+
     def parse_or_raise(self, args: list[str] | None = None) -> tuple:
         """Parse `--config FILE` and overrides into one instance of each dataclass, or raise `RecipeError`."""
         args = list(sys.argv[1:] if args is None else args)
@@ -166,7 +185,7 @@ class RecipeParser(TrlParser):
         else:
             self._check_command_line(args)
         try:
-            return tuple(self.parse_args_into_dataclasses(args=args))
+            return self._into_dataclasses(args)
         except RecipeError:
             raise
         except ValueError as e:  # raised by a dataclass's own checks (__post_init__)

@@ -1,0 +1,144 @@
+"""Reward modeling: train a model to score a chosen reply above a rejected one, with TRL's RewardTrainer.
+
+    accelerate launch scripts/reward.py --config recipes/tiny/reward.yaml
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml scripts/reward.py \
+        --config recipes/qwen3-0.6b/reward.yaml
+
+The causal LM checkpoint `model_name_or_path` (usually the SFT model) is loaded as
+AutoModelForSequenceClassification with one label: its LM head is dropped and a new linear `score` head reads the
+last non-padding token, so the tokenizer's pad token becomes the config's `pad_token_id`. The loss is the
+Bradley-Terry pairwise loss -log σ(r(chosen) - r(rejected)), or with a `margin` column (select it with `columns:`),
+-log σ(r(chosen) - r(rejected) - margin).
+
+Data are preference pairs (TRL's format): `prompt`, `chosen`, `rejected`, conversational (lists of messages) or plain
+text; or `chosen`/`rejected` alone with the prompt inside them (implicit prompt). `use_peft: true` trains LoRA
+adapters and the score head (`lora_task_type: SEQ_CLS`). The held-out pairs are scored before training (the untrained
+head, `eval_on_start`) and after: pairwise accuracy (how often chosen scores above rejected) and the mean margin.
+"""
+
+import math
+import time
+
+from trl import ModelConfig, RewardConfig, RewardTrainer, get_peft_config, get_quantization_config
+
+from llm_recipes import stage
+from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
+from llm_recipes.model import ceil_div, format_count, load_tokenizer, meta_model, training_memory_estimate
+from llm_recipes.recipe import RecipeError, RecipeParser
+
+# What a recipe of this stage may hold, and the columns its datasets need (the recipe test reads both).
+ARGUMENTS = (stage.StageArguments, ModelConfig, RewardConfig)
+DATASET_FORMAT = "preference"
+# Held-out measurements of the stage summary, as RewardTrainer names them; each also before training.
+EVAL_METRICS = ("eval_loss", "eval_accuracy", "eval_margin", "eval_mean_reward")
+
+
+def check_recipe(args, mixture: DatasetMixture, model_args: ModelConfig) -> None:
+    """Refuse what this stage cannot do before anything is loaded."""
+    if not model_args.model_name_or_path:
+        raise RecipeError("Set model_name_or_path: a reward model starts from a pretrained (usually SFT) checkpoint.")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise RecipeError("Quantized weights cannot be trained: with load_in_4bit or load_in_8bit, set "
+                          "`use_peft: true` to train LoRA adapters and the score head on them.")
+    if model_args.use_peft and model_args.lora_task_type != "SEQ_CLS":
+        raise RecipeError(f"lora_task_type: a LoRA reward model must train and save its new score head; set "
+                          f"`lora_task_type: SEQ_CLS` (got {model_args.lora_task_type!r}).")
+    if args.lm_eval_tasks:
+        raise RecipeError("lm_eval_tasks: a reward model scores text and generates none; evaluate the policy stages "
+                          "(SFT, DPO, GRPO) with lm-eval instead.")
+    if isinstance(mixture.eval_datasets, dict):
+        raise RecipeError("dataset_mixture.eval_datasets: give one held-out set (a list); RewardTrainer reports "
+                          "accuracy and margin under one name for all sets.")
+
+
+def main(argv=None):
+    args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
+    stage.setup_logging(training_args)
+    mixture = DatasetMixture.from_recipe(args.dataset_mixture)
+    check_declared_columns(mixture, DATASET_FORMAT)
+    check_recipe(args, mixture, model_args)
+    data, report = build_mixture(mixture, DATASET_FORMAT)
+    stage.logger.info("Dataset mixture (%s pairs):\n%s", f"{report.total_examples:,}", report.to_markdown())
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code,
+                               model_args.model_revision)
+    held_out = data.get("test")
+    peft_config = get_peft_config(model_args)
+
+    if args.dry_run:
+        sized_model = meta_model(model_args.model_name_or_path, None, tokenizer, args.trust_remote_code,
+                                 model_args.model_revision)
+        parameters = trainable = sized_model.num_parameters()
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            trainable, parameters = get_peft_model(sized_model, peft_config).get_nb_trainable_parameters()
+        memory = training_memory_estimate(  # a chosen and a rejected sequence per pair
+            sized_model, 2 * training_args.per_device_train_batch_size, training_args.max_length or 1024,
+            bytes_per_param=2 if (training_args.bf16 or training_args.fp16) else 4,
+            trainable_fraction=trainable / parameters,
+        )
+        per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * training_args.world_size)
+        steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+            ceil_div(len(data["train"]), per_step) * training_args.num_train_epochs)
+        print(f"parameters:              {format_count(parameters)} ({format_count(trainable)} trained)")
+        print(f"memory per device:       {memory['total_gib']:.2f} GiB (weights {memory['weights_gib']:.2f}, "
+              f"grads+AdamW {memory['grads_and_optimizer_gib']:.2f}, activations {memory['activations_gib']:.2f})")
+        print(f"devices:                 {training_args.world_size}")
+        print(f"training pairs:          {len(data['train']):,}")
+        print(f"pairs per optimizer step: {per_step:,}")
+        print(f"total steps:             {steps:,}")
+        return
+
+    # RewardTrainer loads the checkpoint as a one-label sequence classifier (a new score head, the LM head dropped).
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision, "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation, "trust_remote_code": args.trust_remote_code,
+        "use_safetensors": True, **(training_args.model_init_kwargs or {}),
+    }
+    trainer = RewardTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=peft_config,
+    )
+    trainable, parameters = (trainer.model.get_nb_trainable_parameters() if peft_config is not None
+                             else (trainer.model.num_parameters(),) * 2)
+    stage.logger.info("Reward model: %s parameters, %s trained", format_count(parameters), format_count(trainable))
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
+    logged = trainer.state.log_history
+    summary = {
+        "stage": "reward",
+        # The last logged values, not this session's averages, so that a resumed run reports the same numbers.
+        "final_train_loss": next((h["loss"] for h in reversed(logged) if "loss" in h), None),
+        "final_train_accuracy": next((h["accuracy"] for h in reversed(logged) if "accuracy" in h), None),
+        # RewardTrainer counts the tokens of chosen and rejected sequences, padding excluded (again on resuming).
+        "train_tokens_per_second": next((h["num_tokens"] for h in reversed(logged) if "num_tokens" in h), 0)
+        / result.metrics["train_runtime"],
+        "train_steps_per_second": result.metrics["train_steps_per_second"],
+        "wall_seconds": time.time() - started,
+        "parameters": parameters,
+        "trainable_parameters": trainable,
+        "mixture": report.rows,
+    }
+    if held_out is not None:
+        # Accuracy and margin are averaged over evaluation batches: exact over pairs when the batch size divides
+        # the number of held-out pairs.
+        metrics = trainer.evaluate()
+        for key in EVAL_METRICS:
+            summary[key] = metrics.get(key)
+            before = [h[key] for h in logged if key in h and h["step"] == 0]
+            if before:  # from eval_on_start: the untrained score head
+                summary[key + "_before"] = before[0]
+        summary["eval_pairs"] = len(trainer.eval_dataset)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    stage.finish(trainer, training_args, summary)
+
+
+if __name__ == "__main__":
+    stage.run(main)
