@@ -1,5 +1,6 @@
 """Every recipe in the repository parses through its stage's parser, so that none can rot unnoticed."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from llm_recipes.recipe import RecipeParser, repo_path
 
 # Recipe file name -> the script that runs it, where the two names differ.
 SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
-              "eval": "evaluate", "eval_long": "evaluate"}
+              "eval": "evaluate", "eval_long": "evaluate", "sft_lora": "sft", "sft_qlora": "sft"}
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
 
@@ -41,12 +42,18 @@ def test_pipeline_names_existing_scripts_and_recipes(pipeline: Path):
     assert parsed.accelerate_config is None or (REPO_ROOT / parsed.accelerate_config).is_file()
 
 
+@functools.cache
+def task_manager(include_path: str | None):
+    """lm-eval indexes its whole registry (~15 s) for each TaskManager; build one per include path."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=repo_path(include_path) if include_path else None)
+
+
 @pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").rglob("eval*.yaml")),
                          ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
 def test_eval_recipe_tasks_resolve_in_lm_eval_registry_offline(recipe: Path):
-    from lm_eval.tasks import TaskManager
-
     (args,) = RecipeParser(load_script("evaluate").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
-    manager = TaskManager(include_path=repo_path(args.include_path) if args.include_path else None)
+    manager = task_manager(args.include_path)
     for task in args.tasks + args.chat_tasks:
         assert manager.match_tasks([task]) == [task], f"{recipe}: task {task} is not in lm-eval's registry"

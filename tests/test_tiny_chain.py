@@ -18,8 +18,8 @@ from conftest import REPO_ROOT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 # Stages that do not train take their recipe as it is; training stages get a short run; evals read fewer docs.
-NOT_TRAINING = {"make_tiny_data.py", "prepare_data.py", "train_tokenizer.py", "report.py"}
-SHORT_RUN = {"pretrain": 120, "default": 30}
+NOT_TRAINING = {"make_tiny_data.py", "prepare_data.py", "train_tokenizer.py", "report.py", "generate_preferences.py"}
+SHORT_RUN = {"pretrain": 120, "ppo": 6, "grpo": 6, "default": 30}
 # The pretraining schedule (warmup-stable-decay) is laid out in steps; shrink it with the run.
 SHORT_SCHEDULE = {"pretrain": {"warmup_steps": 10, "lr_scheduler_kwargs": '{"num_decay_steps": 24}'}}
 
@@ -36,6 +36,9 @@ def short_pipeline(tmp_path) -> list[str]:
             args["limit"] = 8
         elif script == "report.py":
             args["pipeline"] = str(tmp_path / "pipeline.yaml")
+        elif script == "generate_preferences.py":
+            # A 30-step SFT model rarely answers right, so verifiable rewards would tie; the reward model ranks.
+            args.update(judge="reward_model", reward_model_name_or_path="{reward}", num_samples=2)
         elif script not in NOT_TRAINING:
             steps = SHORT_RUN.get(stage["name"], SHORT_RUN["default"])
             args.update(max_steps=steps, save_steps=steps // 3, eval_steps=steps)
