@@ -176,3 +176,50 @@ def test_lm_eval_callback_logs_task_scores_during_training(eval_workspace, monke
     trainer.train()
     logged = [h for h in trainer.state.log_history if "lm_eval/tiny_multiple_choice/acc" in h]
     assert logged and logged[0]["step"] == 2
+
+
+def test_tasks_discriminate_a_model_trained_on_them_from_an_untrained_one(eval_workspace, tiny_world, repo_root,
+                                                                           monkeypatch):
+    """A few hundred steps on the tiny world's text and refusals move the perplexity and refusal tasks far from
+    the untrained model's scores, so later stages can be judged by them."""
+    monkeypatch.chdir(eval_workspace)
+    import json as _json
+
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained("model")
+    pages = [_json.loads(line)["text"] for line in (tiny_world / "raw/web.jsonl").read_text().splitlines()[:300]]
+    chats = [_json.loads(line)["messages"] for line in (tiny_world / "sft/train.jsonl").read_text().splitlines()]
+    refusals = [tokenizer.apply_chat_template(m, tokenize=False) for m in chats
+                if m[-1]["content"].startswith(("I can't", "Sorry"))]
+    texts = pages + refusals * 4
+    blocks = Dataset.from_dict({"input_ids": [tokenizer(t)["input_ids"][:128] for t in texts]})
+    trainer = Trainer(
+        model=AutoModelForCausalLM.from_pretrained("model"),
+        args=TrainingArguments("discriminate", max_steps=150, learning_rate=1e-2, per_device_train_batch_size=16,
+                               use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True),
+        train_dataset=blocks, processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    trainer.train()
+    trainer.save_model("trained")
+    tokenizer.save_pretrained("trained")
+
+    tasks = ["tiny_perplexity_web", "tiny_safety_refusal"]
+    include = str(repo_root / "tasks/tiny")
+    untrained = lm_eval_scores("model", tasks, include_path=include, batch_size=16, limit=20)
+    trained = lm_eval_scores("trained", tasks, include_path=include, batch_size=16, limit=20)
+    # The chat tasks go through the template in the pipeline; refusal scoring reads the reply either way.
+    assert trained["tiny_perplexity_web"]["word_perplexity,none"] < 0.1 * \
+        untrained["tiny_perplexity_web"]["word_perplexity,none"]
+    assert untrained["tiny_safety_refusal"]["refusal_rate,none"] == 0.0
+    trained_chat = lm_eval_scores("trained", ["tiny_safety_refusal"], include_path=include, batch_size=16, limit=20,
+                                  apply_chat_template=True)
+    assert trained_chat["tiny_safety_refusal"]["refusal_rate,none"] >= 0.5
