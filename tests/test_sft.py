@@ -118,10 +118,12 @@ def test_saved_model_reloads_and_generation_stops_on_end_of_turn(sft_model):
     assert not list(sft_model.glob("*.bin"))  # the final folder holds no pickles
 
 
-def test_resumed_run_ends_with_identical_weights(sft_model, tiny_world, base_model, tmp_path):
+def test_resumed_run_ends_with_identical_weights(sft_model, tiny_world, base_model, tmp_path, capsys):
+    # A run killed after its checkpoint at step 20, launched again.
     resumed = tmp_path / "resumed"
     shutil.copytree(sft_model / "checkpoint-20", resumed / "checkpoint-20")
     load_script("sft").main(["--config", str(write_recipe(tmp_path / "r.yaml", tiny_world, base_model, resumed))])
+    assert "Resuming from" in capsys.readouterr().out
     uninterrupted, continued = load_file(sft_model / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name, weight in uninterrupted.items():
         assert torch.equal(weight, continued[name]), name
