@@ -22,7 +22,6 @@ before training (the parent, `eval_on_start`) and after:
   compare the trained model with its parent on the same footing.
 """
 
-import math
 import time
 
 import torch
@@ -33,12 +32,10 @@ from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.evaluation import add_lm_eval_callback
 from llm_recipes.model import (
-    ceil_div,
+    fine_tuning_dry_run,
     format_count,
     load_causal_lm,
     load_tokenizer,
-    meta_model,
-    training_memory_estimate,
 )
 from llm_recipes.recipe import RecipeError, RecipeParser
 
@@ -109,32 +106,10 @@ def main(argv=None):
     peft_config = get_peft_config(model_args)
 
     if args.dry_run:
-        sized_model = meta_model(model_args.model_name_or_path, None, tokenizer, args.trust_remote_code,
-                                 model_args.model_revision)
-        parameters = trainable = sized_model.num_parameters()
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            trainable, parameters = get_peft_model(sized_model, peft_config).get_nb_trainable_parameters()
-        bytes_per_param = 0.5 if model_args.load_in_4bit else 2 if (training_args.bf16 or training_args.fp16) else 4
-        memory = training_memory_estimate(  # a chosen and a rejected sequence per pair
-            sized_model, 2 * training_args.per_device_train_batch_size, training_args.max_length or 1024,
-            bytes_per_param=bytes_per_param, trainable_fraction=trainable / parameters,
-        )
         keeps_reference = peft_config is None and not training_args.precompute_ref_log_probs
-        reference_gib = parameters * bytes_per_param / 1024**3 if keeps_reference else 0.0
-        per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                    * training_args.world_size)
-        steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
-            ceil_div(len(data["train"]), per_step) * training_args.num_train_epochs)
-        print(f"parameters:              {format_count(parameters)} ({format_count(trainable)} trained)")
-        print(f"memory per device:       {memory['total_gib'] + reference_gib:.2f} GiB (weights "
-              f"{memory['weights_gib']:.2f}, reference {reference_gib:.2f}, grads+AdamW "
-              f"{memory['grads_and_optimizer_gib']:.2f}, activations {memory['activations_gib']:.2f})")
-        print(f"devices:                 {training_args.world_size}")
-        print(f"training pairs:          {len(data['train']):,}")
-        print(f"pairs per optimizer step: {per_step:,}")
-        print(f"total steps:             {steps:,}")
+        print(fine_tuning_dry_run(model_args, training_args, tokenizer, peft_config, args.trust_remote_code,
+                                  len(data["train"]), "pairs", sequences_per_example=2,
+                                  keeps_reference=keeps_reference))
         return
 
     quantization_config = get_quantization_config(model_args)
@@ -173,16 +148,12 @@ def main(argv=None):
                       else "precomputed log-probabilities" if ref_model is None else "a frozen copy")
     started = time.time()
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
-    logged = trainer.state.log_history
     summary = {
         "stage": "dpo",
-        # The last logged values, not this session's averages, so that a resumed run reports the same numbers.
-        "final_train_loss": next((h["loss"] for h in reversed(logged) if "loss" in h), None),
-        "final_train_reward_accuracy": next((h["rewards/accuracies"] for h in reversed(logged)
-                                             if "rewards/accuracies" in h), None),
+        "final_train_loss": stage.last_logged(trainer, "loss"),
+        "final_train_reward_accuracy": stage.last_logged(trainer, "rewards/accuracies"),
         # DPOTrainer counts the tokens of chosen and rejected sequences, padding excluded (again on resuming).
-        "train_tokens_per_second": next((h["num_tokens"] for h in reversed(logged) if "num_tokens" in h), 0)
-        / result.metrics["train_runtime"],
+        "train_tokens_per_second": stage.last_logged(trainer, "num_tokens", 0) / result.metrics["train_runtime"],
         "train_steps_per_second": result.metrics["train_steps_per_second"],
         "wall_seconds": time.time() - started,
         "parameters": parameters,
@@ -194,16 +165,9 @@ def main(argv=None):
     if held_out is not None:
         # TRL's metrics are averaged over evaluation batches: exact over pairs when the batch size divides the
         # number of held-out pairs.
-        metrics = trainer.evaluate()
-        metrics.update({key: value for key, value in logged[-1].items() if key in PREFERENCE_METRICS})
-        for key in EVAL_METRICS:
-            summary[key] = metrics.get(key)
-            before = [h[key] for h in logged if key in h and h["step"] == 0]
-            if before:  # from eval_on_start: the parent, which is its own reference
-                summary[key + "_before"] = before[0]
+        # Before training (eval_on_start): the parent, which is its own reference.
+        summary.update(stage.evaluate_held_out(trainer, keep=lambda key: key in EVAL_METRICS))
         summary["eval_pairs"] = len(trainer.eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
     if peft_config is not None and trainer.is_world_process_zero():
         # The adapter folder holds no model config; keep the stop tokens beside it for whoever loads it.
         trainer.model.generation_config.save_pretrained(training_args.output_dir)

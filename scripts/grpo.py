@@ -36,6 +36,12 @@ class GRPOArguments(stage.StageArguments):
 
 # Held-out numbers kept in the stage summary (TRL logs many more).
 WATCHED = ("eval_reward", "eval_kl", "eval_entropy", "eval_completions/mean_length", "eval_completions/clipped_ratio")
+
+
+def is_watched(key: str) -> bool:
+    return key in WATCHED or (key.startswith("eval_rewards/") and key.endswith("/mean"))
+
+
 ARGUMENTS = (GRPOArguments, ModelConfig, GRPOConfig)
 DATASET_FORMAT = "prompt"
 
@@ -49,16 +55,6 @@ def check_reward_columns(reward_funcs: list[str], columns: list[str], source: st
                               f"{source} does not have (columns: {', '.join(columns)}). List it in the source's "
                               f"`columns:` (only the prompt is kept otherwise), or map a column to it with "
                               f"`rename_columns`.")
-
-
-def reward_summary(history: list[dict], step: int | None) -> dict:
-    """Held-out reward numbers logged by an evaluation, at `step` (0: before training) or the last one."""
-    evaluations = [h for h in history if "eval_reward" in h and (step is None or h["step"] == step)]
-    if not evaluations:
-        return {}
-    chosen = evaluations[-1]
-    return {key: value for key, value in chosen.items()
-            if key in WATCHED or (key.startswith("eval_rewards/") and key.endswith("/mean"))}
 
 
 def main(argv=None):
@@ -101,21 +97,16 @@ def main(argv=None):
                       ", ".join(f"{w} x {n}" for n, w in zip(args.reward_funcs, weights)))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
-    history = trainer.state.log_history
     summary = {
         "stage": "grpo",
         "train_steps_per_second": result.metrics["train_steps_per_second"],
         "seconds_per_step": result.metrics["train_runtime"] / max(result.global_step, 1),
         "wall_seconds": time.time() - started,
-        "final_train_reward": next((h["reward"] for h in reversed(history) if "reward" in h), None),
-        "final_kl": next((h["kl"] for h in reversed(history) if "kl" in h), None),
+        "final_train_reward": stage.last_logged(trainer, "reward"),
+        "final_kl": stage.last_logged(trainer, "kl"),
     }
     if held_out:
-        before = reward_summary(history, step=0)  # from eval_on_start
-        metrics = trainer.evaluate()
-        summary.update({f"{key}_before": value for key, value in before.items()})
-        summary.update(reward_summary(trainer.state.log_history, step=None))
-        trainer.save_metrics("eval", metrics)
+        summary.update(stage.evaluate_held_out(trainer, keep=is_watched))
     stage.finish(trainer, training_args, summary)
 
 

@@ -138,13 +138,7 @@ def main(argv=None):
         "mixture": report.rows,
     }
     if held_out:
-        metrics = trainer.evaluate()
-        for key, value in metrics.items():
-            summary[key] = value
-            before = [h[key] for h in logged if key in h and h["step"] == 0]
-            if before:  # from eval_on_start: the SFT parent
-                summary[key + "_before"] = before[0]
-        trainer.save_metrics("eval", metrics)
+        summary.update(stage.evaluate_held_out(trainer))  # before training (eval_on_start): the SFT parent
     stage.finish(trainer, training_args, summary)
 
 

@@ -121,25 +121,16 @@ def main(argv=None):
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
     summary = {
         "stage": "pretrain",
-        # The last logged loss, not this session's average, so that a resumed run reports the same number.
-        "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        "final_train_loss": stage.last_logged(trainer, "loss"),
         "train_tokens_per_second": result.metrics["train_samples_per_second"] * args.max_seq_length,
         "wall_seconds": time.time() - started,
         "parameters": model.num_parameters(),
         "mixture": report.rows,
     }
     if held_out:
-        metrics = trainer.evaluate()
-        for loss_key in [k for k in metrics if k.endswith("_loss")]:
-            perplexity_key = loss_key.replace("_loss", "_perplexity")
-            metrics[perplexity_key] = summary[perplexity_key] = math.exp(metrics[loss_key])
-            summary[loss_key] = metrics[loss_key]
-            before = [h[loss_key] for h in trainer.state.log_history if loss_key in h and h["step"] == 0]
-            if before:  # from eval_on_start
-                summary[loss_key + "_before"] = before[0]
-                summary[perplexity_key + "_before"] = math.exp(before[0])
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        losses = stage.evaluate_held_out(trainer, keep=lambda key: key.endswith("_loss"))
+        summary.update(losses)
+        summary.update({key.replace("_loss", "_perplexity"): math.exp(loss) for key, loss in losses.items()})
     stage.finish(trainer, training_args, summary)
 
 

@@ -21,7 +21,6 @@ generation config.
   `load_in_4bit: true` adds 4-bit NF4 base weights (QLoRA, CUDA only). `neftune_noise_alpha` adds NEFTune noise.
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -34,12 +33,10 @@ from llm_recipes import stage
 from llm_recipes.chat_template import check_chat_template, stop_token_ids
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.model import (
-    ceil_div,
+    fine_tuning_dry_run,
     format_count,
     load_causal_lm,
     load_tokenizer,
-    meta_model,
-    training_memory_estimate,
 )
 from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
 
@@ -118,31 +115,10 @@ def main(argv=None):
     peft_config = get_peft_config(model_args)
 
     if args.dry_run:
-        sized_model = meta_model(model_args.model_name_or_path, None, tokenizer, args.trust_remote_code,
-                                 model_args.model_revision)
-        parameters = sized_model.num_parameters()
-        trainable = parameters
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            trainable, parameters = get_peft_model(sized_model, peft_config).get_nb_trainable_parameters()
-        memory = training_memory_estimate(
-            sized_model, training_args.per_device_train_batch_size, training_args.max_length or 1024,
-            bytes_per_param=0.5 if model_args.load_in_4bit else 2 if (training_args.bf16 or training_args.fp16) else 4,
-            trainable_fraction=trainable / parameters,
-        )
-        per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                    * training_args.world_size)
-        steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
-            ceil_div(len(data["train"]), per_step) * training_args.num_train_epochs)
-        unit = f"sequences of {training_args.max_length} packed tokens" if training_args.packing else "conversations"
-        print(f"parameters:              {format_count(parameters)} ({format_count(trainable)} trained)")
-        print(f"memory per device:       {memory['total_gib']:.2f} GiB (weights {memory['weights_gib']:.2f}, "
-              f"grads+AdamW {memory['grads_and_optimizer_gib']:.2f}, activations {memory['activations_gib']:.2f})")
-        print(f"devices:                 {training_args.world_size}")
-        print(f"training examples:       {len(data['train']):,}")
-        print(f"per optimizer step:      {per_step:,} {unit}")
-        print(f"total steps:             {steps:,}{' (at most: packing makes fewer)' if training_args.packing else ''}")
+        packed = f"sequences of {training_args.max_length} packed tokens (fewer steps than below)"
+        print(fine_tuning_dry_run(model_args, training_args, tokenizer, peft_config, args.trust_remote_code,
+                                  len(data["train"]), "conversations",
+                                  step_unit=packed if training_args.packing else None))
         return
 
     quantization_config = get_quantization_config(model_args)
@@ -173,14 +149,11 @@ def main(argv=None):
     stage.logger.info("Model: %s parameters, %s trained", format_count(parameters), format_count(trainable))
     started = time.time()
     result = trainer.train(resume_from_checkpoint=stage.checkpoint_to_resume(training_args))
-    logged = trainer.state.log_history
     summary = {
         "stage": "sft",
-        # The last logged loss, not this session's average, so that a resumed run reports the same number.
-        "final_train_loss": next((h["loss"] for h in reversed(logged) if "loss" in h), None),
+        "final_train_loss": stage.last_logged(trainer, "loss"),
         # TRL counts the tokens this process trained on (padding excluded); the count starts again on resuming.
-        "train_tokens_per_second": next((h["num_tokens"] for h in reversed(logged) if "num_tokens" in h), 0)
-        / result.metrics["train_runtime"],
+        "train_tokens_per_second": stage.last_logged(trainer, "num_tokens", 0) / result.metrics["train_runtime"],
         "train_steps_per_second": result.metrics["train_steps_per_second"],
         "wall_seconds": time.time() - started,
         "parameters": parameters,
@@ -190,14 +163,7 @@ def main(argv=None):
         "mixture": report.rows,
     }
     if held_out:
-        metrics = trainer.evaluate()
-        for key in [k for k in metrics if k.endswith(("_loss", "_mean_token_accuracy"))]:
-            summary[key] = metrics[key]
-            before = [h[key] for h in logged if key in h and h["step"] == 0]
-            if before:  # from eval_on_start
-                summary[key + "_before"] = before[0]
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        summary.update(stage.evaluate_held_out(trainer, keep=lambda k: k.endswith(("_loss", "_mean_token_accuracy"))))
     if peft_config is not None and trainer.is_world_process_zero():
         # The adapter folder holds no model config; keep the stop tokens beside it for whoever loads it.
         trainer.model.generation_config.save_pretrained(training_args.output_dir)

@@ -153,3 +153,15 @@ def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp
     with pytest.raises(DatasetFormatError, match=f"Dataset '{broken}' has no column 'rejected'"):
         load_script("dpo").main(["--config", str(recipe)])
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_counts_the_frozen_reference_and_trains_nothing(parent, pairs, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", parent, pairs, tmp_path / "out")
+    load_script("dpo").main(["--config", str(recipe), "--dry_run"])
+    full = capsys.readouterr().out
+    assert "per optimizer step:      16 pairs" in full and "total steps:             40" in full
+    assert ", reference " in full  # a frozen copy of the parent
+    load_script("dpo").main(["--config", str(recipe), "--dry_run", "--use_peft", "true"])
+    lora = capsys.readouterr().out
+    assert ", reference " not in lora  # the reference is the policy with its adapters disabled
+    assert not (tmp_path / "out").exists()

@@ -171,3 +171,39 @@ def format_count(n: float) -> str:
 
 def ceil_div(a: int, b: int) -> int:
     return math.ceil(a / max(b, 1))
+
+
+def fine_tuning_dry_run(model_args, training_args, tokenizer, peft_config, trust_remote_code: bool,
+                        train_examples: int, examples: str, sequences_per_example: int = 1,
+                        keeps_reference: bool = False, step_unit: str | None = None) -> str:
+    """What `--dry_run` prints for a stage that fine-tunes a checkpoint (SFT, reward, DPO): parameters (trained
+    ones under LoRA), memory per device, the batch and the number of steps, from the model's structure on the meta
+    device. `sequences_per_example` is 2 for preference pairs (chosen and rejected); `keeps_reference` adds a
+    frozen copy of the weights."""
+    model = meta_model(model_args.model_name_or_path, None, tokenizer, trust_remote_code, model_args.model_revision)
+    parameters = trainable = model.num_parameters()
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        trainable, parameters = get_peft_model(model, peft_config).get_nb_trainable_parameters()
+    bytes_per_param = 0.5 if model_args.load_in_4bit else 2 if (training_args.bf16 or training_args.fp16) else 4
+    memory = training_memory_estimate(
+        model, sequences_per_example * training_args.per_device_train_batch_size, training_args.max_length or 1024,
+        bytes_per_param=bytes_per_param, trainable_fraction=trainable / parameters,
+    )
+    reference_gib = parameters * bytes_per_param / 1024**3 if keeps_reference else 0.0
+    per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                * training_args.world_size)
+    steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+        ceil_div(train_examples, per_step) * training_args.num_train_epochs)
+    reference = f", reference {reference_gib:.2f}" if keeps_reference else ""
+    return "\n".join([
+        f"parameters:              {format_count(parameters)} ({format_count(trainable)} trained)",
+        f"memory per device:       {memory['total_gib'] + reference_gib:.2f} GiB (weights {memory['weights_gib']:.2f}"
+        f"{reference}, grads+AdamW {memory['grads_and_optimizer_gib']:.2f}, activations "
+        f"{memory['activations_gib']:.2f})",
+        f"devices:                 {training_args.world_size}",
+        f"training {examples}:{' ' * max(1, 15 - len(examples))}{train_examples:,}",
+        f"per optimizer step:      {per_step:,} {step_unit or examples}",
+        f"total steps:             {steps:,}",
+    ])

@@ -138,6 +138,32 @@ def checkpoint_to_resume(training_args) -> str | None:
     return None
 
 
+def last_logged(trainer, key: str, default=None):
+    """The last value of `key` that the trainer logged. Summaries report it rather than this session's average, so
+    that a resumed run reports the same number as an uninterrupted one."""
+    return next((h[key] for h in reversed(trainer.state.log_history) if key in h), default)
+
+
+def evaluate_held_out(trainer, keep=lambda key: True) -> dict:
+    """Evaluate on the held-out sets after training and return the metrics that `keep` accepts, each beside its
+    value before training as `<key>_before` (logged at step 0 by `eval_on_start`) where there is one. What
+    callbacks log during the evaluation counts too. The metrics are also logged and saved (eval_results.json)."""
+    history = trainer.state.log_history
+    logged_before_evaluating = len(history)
+    metrics = trainer.evaluate()
+    for logged in history[logged_before_evaluating:]:
+        metrics.update({key: value for key, value in logged.items() if key.startswith("eval_")})
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    results = {}
+    for key in filter(keep, metrics):
+        results[key] = metrics[key]
+        before = [h[key] for h in history if key in h and h.get("step") == 0]
+        if before:
+            results[key + "_before"] = before[0]
+    return results
+
+
 def finish(trainer, training_args, summary: dict) -> None:
     """Save the final model and metrics, mark the stage complete, and push to the Hub when asked."""
     trainer.save_model(training_args.output_dir)
