@@ -96,6 +96,18 @@ def test_force_runs_a_complete_stage_anew(workdir):
     assert len(calls(workdir)) == 4
 
 
+def test_a_stage_whose_input_was_made_again_runs_again(workdir):
+    pipeline = make_pipeline(workdir)
+    run(pipeline, pipeline.select(), echo=lambda _: None)
+    run(pipeline, pipeline.select(only="first"), force=True, echo=lambda _: None)  # e.g. retrained
+    lines = []
+    run(pipeline, pipeline.select(), echo=lines.append)
+    # second reads first's output, so it runs again; third reads nothing and stays as it was.
+    assert [c["output_dir"] for c in calls(workdir)] == ["out/first", "out/second", "out/third", "out/first",
+                                                         "out/second"]
+    assert any("first changed since out/second was made" in line for line in lines)
+
+
 def test_unknown_stage_key_is_refused(workdir):
     (workdir / "pipeline.yaml").write_text("stages:\n  - {name: a, script: s.py, output_dir: o, confg: x.yaml}\n")
     with pytest.raises(RecipeError, match="Did you mean 'config'"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from llm_recipes.recipe import RecipeError, closest_key, repo_path, unknown_key_message
-from llm_recipes.stage import is_complete
+from llm_recipes.stage import COMPLETE_MARKER, is_complete
 
 
 @dataclass
@@ -85,6 +85,17 @@ def resolve(value, outputs: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)\}", replace, str(value))
 
 
+def newer_input(stage: Stage, outputs: dict[str, str]) -> str | None:
+    """The earlier stage, among those whose output `stage` reads (`{name}` in its args), that was completed after
+    `stage` was: `stage` is then out of date and must run again. None when it is up to date."""
+    own = Path(stage.output_dir) / COMPLETE_MARKER
+    for name in dict.fromkeys(re.findall(r"\{(\w+)\}", " ".join(map(str, stage.args.values())))):
+        marker = Path(outputs.get(name, "")) / COMPLETE_MARKER
+        if marker.is_file() and marker.stat().st_mtime > own.stat().st_mtime:
+            return name
+    return None
+
+
 def command(pipeline: Pipeline, stage: Stage, outputs: dict[str, str]) -> list[str]:
     if stage.launcher == "python":
         cmd = [sys.executable]
@@ -111,7 +122,10 @@ def run(pipeline: Pipeline, stages: list[Stage], force: bool = False, echo=print
     log_dir = Path(pipeline.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages:
-        if force and Path(stage.output_dir).exists():
+        changed = newer_input(stage, outputs) if is_complete(stage.output_dir) else None
+        if changed:
+            echo(f"[{stage.name}] {changed} changed since {stage.output_dir} was made; running it again")
+        if (force or changed) and Path(stage.output_dir).exists():
             shutil.rmtree(stage.output_dir)
         if is_complete(stage.output_dir) and not stage.always_run:
             echo(f"[{stage.name}] complete in {stage.output_dir}, skipped")
