@@ -94,7 +94,7 @@ class PreferenceCallback(TrainerCallback):
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     check_recipe(mixture, model_args, training_args)
@@ -171,7 +171,7 @@ def main(argv=None):
     if peft_config is not None and trainer.is_world_process_zero():
         # The adapter folder holds no model config; keep the stop tokens beside it for whoever loads it.
         trainer.model.generation_config.save_pretrained(training_args.output_dir)
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def check_reward_columns(reward_funcs: list[str], columns: list[str], source: st
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     check_reward_names(args.reward_funcs, training_args.reward_weights)
     if not model_args.model_name_or_path:
         raise RecipeError("Set model_name_or_path: GRPO starts from a model that already answers (SFT).")
@@ -107,7 +107,7 @@ def main(argv=None):
     }
     if held_out:
         summary.update(stage.evaluate_held_out(trainer, keep=is_watched))
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

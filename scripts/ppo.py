@@ -64,7 +64,7 @@ def check_reward_columns(data, reward_funcs: list[str]) -> None:
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     check_recipe(args, model_args, training_args)
@@ -139,7 +139,7 @@ def main(argv=None):
     }
     if held_out:
         summary.update(stage.evaluate_held_out(trainer))  # before training (eval_on_start): the SFT parent
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ DATASET_FORMAT = "text"
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     if mixture.streaming:
@@ -131,7 +131,7 @@ def main(argv=None):
         losses = stage.evaluate_held_out(trainer, keep=lambda key: key.endswith("_loss"))
         summary.update(losses)
         summary.update({key.replace("_loss", "_perplexity"): math.exp(loss) for key, loss in losses.items()})
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def check_recipe(args, mixture: DatasetMixture, model_args: ModelConfig) -> None
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     check_recipe(args, mixture, model_args)
@@ -106,7 +106,7 @@ def main(argv=None):
         # Before training (eval_on_start): the untrained score head.
         summary.update(stage.evaluate_held_out(trainer, keep=lambda key: key in EVAL_METRICS))
         summary["eval_pairs"] = len(trainer.eval_dataset)
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

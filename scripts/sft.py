@@ -83,7 +83,7 @@ def check_model_args(model_args: ModelConfig, training_args: SFTConfig) -> None:
 
 def main(argv=None):
     args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
-    stage.setup_logging(training_args)
+    stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     check_model_args(model_args, training_args)
@@ -167,7 +167,7 @@ def main(argv=None):
     if peft_config is not None and trainer.is_world_process_zero():
         # The adapter folder holds no model config; keep the stop tokens beside it for whoever loads it.
         trainer.model.generation_config.save_pretrained(training_args.output_dir)
-    stage.finish(trainer, training_args, summary)
+    stage.finish(trainer, training_args, summary, args, model_args)
 
 
 if __name__ == "__main__":

@@ -185,11 +185,15 @@ class RecipeParser(TrlParser):
         else:
             self._check_command_line(args)
         try:
-            return self._into_dataclasses(args)
+            parsed = self._into_dataclasses(args)
         except RecipeError:
             raise
         except ValueError as e:  # raised by a dataclass's own checks (__post_init__)
             raise RecipeError(f"{where}: {e}") from e
+        for instance in parsed:  # the stage's model card names the recipe it came from
+            if hasattr(instance, "recipe_file") and where != "command line":
+                instance.recipe_file = where
+        return parsed
 
     def parse(self, args: list[str] | None = None) -> tuple:
         try:

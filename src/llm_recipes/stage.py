@@ -57,6 +57,15 @@ class StageArguments:
         metadata={"help": "Parse and check the recipe and data, size the model on the meta device, print "
                   "parameters, memory per device, tokens per optimizer step and total steps, then exit."},
     )
+    license: str = field(
+        default="apache-2.0", metadata={"help": "License in the model card's metadata (a Hub license id)."})
+    hub_dry_run: bool = field(
+        default=False,
+        metadata={"help": "Write exactly what a push would upload to `<output_dir>-hub-dry-run/` (and the Hub calls "
+                  "it would make to `<output_dir>-hub-dry-run.hub_calls.json`) and upload nothing. Needs "
+                  "`hub_model_id`; leave `push_to_hub` off."},
+    )
+    recipe_file: str | None = field(default=None, init=False)  # set by RecipeParser: the --config file
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
@@ -164,18 +173,54 @@ def evaluate_held_out(trainer, keep=lambda key: True) -> dict:
     return results
 
 
-def finish(trainer, training_args, summary: dict) -> None:
-    """Save the final model and metrics, mark the stage complete, and push to the Hub when asked."""
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        trainer.save_state()
-        # Trainer pickles its arguments; a published folder should hold no pickles, so keep them as JSON.
-        output_dir = Path(training_args.output_dir)
-        (output_dir / "training_args.bin").unlink(missing_ok=True)
-        (output_dir / "training_args.json").write_text(training_args.to_json_string())
-        mark_complete(training_args.output_dir, summary)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+def start(args: StageArguments, training_args) -> None:
+    """What every training stage does first: logging, and the Hub settings checked before any compute."""
+    from llm_recipes.recipe import RecipeError
+
+    setup_logging(training_args)
+    if (training_args.push_to_hub or args.hub_dry_run) and not training_args.hub_model_id:
+        raise RecipeError("push_to_hub / hub_dry_run: set `hub_model_id` (e.g. your-name/tiny-sft) to say where "
+                          "the model goes; `hub_revision` puts it on a branch of that repo.")
+    if training_args.push_to_hub and args.hub_dry_run:
+        raise RecipeError("hub_dry_run: leave `push_to_hub` off for a dry run (it would upload checkpoints).")
+
+
+# Training settings a model card lists, where the stage's config has them.
+CARD_SETTINGS = ("learning_rate", "lr_scheduler_type", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "world_size", "max_length", "beta", "loss_type", "kl_coef",
+                 "num_generations", "num_ppo_epochs", "use_peft", "lora_r", "seed")
+
+
+def finish(trainer, training_args, summary: dict, args: StageArguments | None = None,
+           model_args=None) -> None:
+    """Save the final model, its model card and metrics; push it to the Hub when asked (or write the dry run);
+    then mark the stage complete."""
+    from llm_recipes.hub import push_folder, write_model_card
+
+    output_dir = Path(training_args.output_dir)
+    # Trainer's own push would write its own card; we push the finished folder ourselves below.
+    trainer.save_model(str(output_dir), _internal_call=True)
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_state()
+    # Trainer pickles its arguments; a published folder should hold no pickles, so keep them as JSON.
+    (output_dir / "training_args.bin").unlink(missing_ok=True)
+    (output_dir / "training_args.json").write_text(training_args.to_json_string())
+    args = args or StageArguments()
+    settings = {key: getattr(training_args, key, None) for key in CARD_SETTINGS}
+    settings.update({key: getattr(model_args, key, None) for key in ("use_peft", "lora_r")})
+    if not settings["use_peft"]:
+        settings.pop("lora_r")
+    recipe = args.recipe_file
+    write_model_card(output_dir, stage=Path(recipe).stem if recipe else summary["stage"],
+                     parent=getattr(model_args, "model_name_or_path", None), recipe=recipe, summary=summary,
+                     details=settings, license=args.license, hub_model_id=training_args.hub_model_id)
+    if training_args.push_to_hub or args.hub_dry_run:
+        where = push_folder(output_dir, training_args.hub_model_id, revision=training_args.hub_revision,
+                            private=training_args.hub_private_repo is not False, dry_run=args.hub_dry_run,
+                            commit_message=f"{summary['stage']}: {Path(recipe).name if recipe else ''}".strip())
+        logger.info("Pushed to %s%s", training_args.hub_model_id, f" (dry run: {where})" if where else "")
+    mark_complete(output_dir, summary)
 
 
 def run(main) -> None:
