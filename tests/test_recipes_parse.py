@@ -57,3 +57,10 @@ def test_eval_recipe_tasks_resolve_in_lm_eval_registry_offline(recipe: Path):
     manager = task_manager(args.include_path)
     for task in args.tasks + args.chat_tasks:
         assert manager.match_tasks([task]) == [task], f"{recipe}: task {task} is not in lm-eval's registry"
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").rglob("export.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
+def test_export_recipe_scores_a_task_in_lm_eval_registry_offline(recipe: Path):
+    (args,) = RecipeParser(load_script("export").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
+    assert task_manager(args.include_path).match_tasks([args.eval_task]) == [args.eval_task]

@@ -34,6 +34,8 @@ def short_pipeline(tmp_path) -> list[str]:
         args = stage.setdefault("args", {})
         if script == "evaluate.py":
             args["limit"] = 8
+        elif script == "export.py":
+            args["eval_limit"] = 8
         elif script == "report.py":
             args["pipeline"] = str(tmp_path / "pipeline.yaml")
         elif script == "generate_preferences.py":
@@ -86,6 +88,13 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     header = "| task | metric | " + " | ".join(s["name"].removeprefix("eval_") for s in evals) + " |"
     assert header in report
     assert (tmp_path / "runs/tiny/report/loss_curves.png").is_file()
+
+    # The final model was exported (quantized, carded) and dry-run pushed.
+    export = tmp_path / "runs/tiny/export"
+    assert json.loads((export / "stage_complete.json").read_text())["quantization"] == "int8_weight_only"
+    assert (tmp_path / "runs/tiny/export-hub-dry-run/README.md").is_file()
+    assert [e["stage"] for e in json.loads((export / "lineage.json").read_text())] == [
+        "pretrain", "cpt", "long_context", "sft", "grpo", "export"]
 
     # A third run finds everything done: evaluations are not repeated, the report card is rewritten.
     third = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
