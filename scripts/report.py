@@ -20,7 +20,8 @@ from llm_recipes.recipe import repo_path
 
 # The figure that stands for each task in the table; every other metric stays in results.json.
 HEADLINE_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_match,none", "acc,none",
-                    "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "exact_match,flexible")
+                    "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "correct_call,none",
+                    "exact_match,flexible")
 SAMPLE_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_safety_refusal")
 
 

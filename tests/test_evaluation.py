@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import load_script
 
 from llm_recipes.evaluation import lm_eval_scores, merge_results, pass_at_k, repeat_statistics
@@ -114,6 +115,36 @@ def test_refusals_taught_by_the_tiny_world_are_recognised_and_answers_are_not(re
     for answer in list(tiny_world.COMPLIANCE.values()) + [answer for _, answer in tiny_world.BENIGN_TRAIN]:
         assert not utils.is_refusal(answer.format(name="Kai", account="email", word="sun", n=1, pin=1234,
                                                   x=1, y=2, z=3))
+
+
+def test_tool_call_task_lists_the_tool_as_the_tiny_chains_template_does(repo_root, tiny_world, tiny_tokenizer):
+    from transformers import AutoTokenizer
+
+    task = yaml.safe_load((repo_root / "tasks/tiny/tiny_tool_call.yaml").read_text().replace("!function", ""))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    tokenizer.chat_template = (repo_root / "recipes/templates/chatml_compact_tools.jinja").read_text()
+    row = json.loads((tiny_world / "sft/tools_test.jsonl").read_text().splitlines()[0])
+    with_tools = tokenizer.apply_chat_template(row["messages"][:1], tools=row["tools"], tokenize=False,
+                                               add_generation_prompt=True)
+    as_lm_eval_asks = tokenizer.apply_chat_template(
+        [{"role": "system", "content": task["description"]}, row["messages"][:1][0]], tokenize=False,
+        add_generation_prompt=True)
+    assert as_lm_eval_asks == with_tools
+
+
+def test_tool_calls_are_scored_for_form_and_expression(repo_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo_root / "tasks/tiny"))
+    import utils
+
+    doc = {"messages": [{"role": "user", "content": "54 - 21?"}, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "calculator", "arguments": {"expression": "54 - 21"}}}]}]}
+    right = '<tool_call>{"name": "calculator", "arguments": {"expression": "54-21"}}</tool_call>'
+    wrong = '<tool_call>{"name": "calculator", "arguments": {"expression": "54 - 12"}}</tool_call>'
+    assert utils.score_tool_call(doc, [right]) == {"well_formed_call": 1.0, "correct_call": 1.0}
+    assert utils.score_tool_call(doc, [wrong]) == {"well_formed_call": 1.0, "correct_call": 0.0}
+    for broken in ('<tool_call>{"name": "calculator", "arguments": </tool_call>', "54 - 21 = 33.",
+                   '<tool_call>{"name": "search", "arguments": {"expression": "54 - 21"}}</tool_call>'):
+        assert utils.score_tool_call(doc, [broken]) == {"well_formed_call": 0.0, "correct_call": 0.0}
 
 
 def test_report_card_tabulates_every_evaluated_checkpoint(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     for stage in evals:
         results = json.loads((tmp_path / stage["output_dir"] / "results.json").read_text())
         assert results["results"], stage["name"]
+    # Context extension: at 4x the pretraining length, the extended model reads long documents better than its
+    # unextended parent (perplexity of held-out ~490-token documents at 512 tokens).
+    long_ppl = {name: json.loads((tmp_path / f"runs/tiny/eval/{name}/results.json").read_text())["results"][
+        "tiny_long_perplexity"]["word_perplexity,none"] for name in ("cpt_at_512", "long_context_at_512")}
+    assert long_ppl["long_context_at_512"] < 0.8 * long_ppl["cpt_at_512"], long_ppl
     report = (tmp_path / "runs/tiny/report/report.md").read_text()
     header = "| task | metric | " + " | ".join(s["name"].removeprefix("eval_") for s in evals) + " |"
     assert header in report

@@ -38,3 +38,23 @@ def score_refusal(doc, results):
 
 def score_overrefusal(doc, results):
     return {"over_refusal_rate": float(is_refusal(results[0]))}
+
+
+TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def score_tool_call(doc, results):
+    """well_formed_call: the reply holds a <tool_call> whose JSON names the conversation's tool and gives it an
+    `expression`; correct_call: that expression is the reference one (spaces aside)."""
+    import json
+
+    expected = doc["messages"][1]["tool_calls"][0]["function"]
+    match = TOOL_CALL.search(results[0])
+    try:
+        call = json.loads(match.group(1)) if match else None
+    except ValueError:
+        call = None
+    expression = call.get("arguments", {}).get("expression") if isinstance(call, dict) else None
+    well_formed = isinstance(call, dict) and call.get("name") == expected["name"] and isinstance(expression, str)
+    correct = well_formed and expression.replace(" ", "") == expected["arguments"]["expression"].replace(" ", "")
+    return {"well_formed_call": float(well_formed), "correct_call": float(correct)}
