@@ -127,7 +127,8 @@ def test_every_stage_writes_a_model_card_with_hub_metadata_and_its_lineage(answe
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["type"] == "exact_match"
     lineage = json.loads((exported / "lineage.json").read_text())
     assert [entry["stage"] for entry in lineage] == ["checkpoint", "sft", "export"]
-    assert lineage[1]["datasets"][0].endswith("chat.jsonl")
+    assert lineage[1]["datasets"] == [f"{answering_model.parent.name}/chat.jsonl (local)"]
+    assert "datasets" not in metadata  # no Hub dataset in the lineage
     assert "| 1 | sft |" in card and "## Export" in card and "int8_weight_only" in card
 
 

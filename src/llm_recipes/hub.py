@@ -34,10 +34,18 @@ def is_local(name_or_path: str | None) -> bool:
     return bool(name_or_path) and Path(name_or_path).exists()
 
 
+LOCAL = " (local)"
+BUILDERS = ("json", "csv", "parquet", "text", "arrow")
+
+
 def data_name(source: str) -> str:
-    """A dataset as a card may name it: a Hub id as it is, a local file by its last two path parts."""
+    """A dataset as a card may name it: a Hub id as it is, a local file by its last two path parts and `(local)`."""
     path = source.split(" ")[0]
-    return "/".join(Path(path).parts[-2:]) if is_local(path) or path.startswith(("runs/", "/", ".")) else path
+    if path in BUILDERS:  # files read by a builder: local data
+        return f"{path} files{LOCAL}"
+    if is_local(path) or path.startswith(("runs/", "/", ".")) or Path(path).suffix in (".json", ".jsonl", ".parquet"):
+        return "/".join(Path(path).parts[-2:]) + LOCAL
+    return path
 
 
 def recipe_name(recipe: str | None) -> str | None:
@@ -71,9 +79,9 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
     lineage = lineage_of(parent) + [{"stage": stage, "model": hub_model_id, "recipe": recipe_name(recipe),
                                      "datasets": datasets}]
     base_model = next((entry["model"] for entry in lineage[:-1] if entry["stage"] == "hub model"), None)
-    hub_datasets = sorted({d for entry in lineage for d in entry["datasets"] if "/" in d and not is_local(d)
-                           and not d.endswith((".jsonl", ".json", ".parquet", ".txt", "data"))})
+    hub_datasets = sorted({d for entry in lineage for d in entry["datasets"] if not d.endswith(LOCAL)})
     name = hub_model_id or output_dir.name
+    where = hub_model_id or "path/to/this/folder"
     if eval_results is None:
         eval_results = [EvalResult(task_type=PIPELINE_TAGS.get(stage, "text-generation"), dataset_type="held-out",
                                    dataset_name=f"held-out data of the {stage} stage", metric_type=metric,
@@ -90,13 +98,13 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
         what = entry["model"] if entry["stage"] == "hub model" else entry["recipe"] or ""
         rows.append(f"| {i} | {entry['stage']} | {what} | {', '.join(entry['datasets'])} |")
     results = [f"| {r.metric_name} | {r.metric_value} |" for r in eval_results or []]
-    settings = [f"- {key}: {value}" for key, value in details.items() if value is not None]
+    settings = [f"- {key}: {getattr(value, 'value', value)}" for key, value in details.items() if value is not None]
     loading = ("from peft import AutoPeftModelForCausalLM\n\n"
-               f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")"
+               f"model = AutoPeftModelForCausalLM.from_pretrained(\"{where}\")"
                if data.library_name == "peft" else
                "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-               f"model = AutoModelForCausalLM.from_pretrained(\"{name}\")\n"
-               f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")")
+               f"model = AutoModelForCausalLM.from_pretrained(\"{where}\")\n"
+               f"tokenizer = AutoTokenizer.from_pretrained(\"{where}\")")
     content = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {name}", "",
         f"The output of the **{stage}** stage of an llm-recipes pipeline"

@@ -211,6 +211,8 @@ def finish(trainer, training_args, summary: dict, args: StageArguments | None = 
     settings.update({key: getattr(model_args, key, None) for key in ("use_peft", "lora_r")})
     if not settings["use_peft"]:
         settings.pop("lora_r")
+    if settings["max_steps"] and settings["max_steps"] > 0:
+        settings.pop("num_train_epochs")
     recipe = args.recipe_file
     write_model_card(output_dir, stage=Path(recipe).stem if recipe else summary["stage"],
                      parent=getattr(model_args, "model_name_or_path", None), recipe=recipe, summary=summary,
