@@ -23,6 +23,24 @@ def load_script(name: str):
     return module
 
 
+def save_small_llama(tokenizer_path, out: Path, max_position_embeddings: int = 256, seed: int = 0) -> Path:
+    """An untrained 2-layer Llama (hidden size 64) with the tokenizer at `tokenizer_path`, saved to `out` as a
+    checkpoint the stage scripts start from."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_recipes.model import model_config_from_recipe
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    architecture = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                        max_position_embeddings=max_position_embeddings)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(model_config_from_recipe(architecture, tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -4,28 +4,19 @@ import json
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, save_small_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_recipes.data import DatasetFormatError
-from llm_recipes.model import model_config_from_recipe
 
-ARCHITECTURE = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                    tie_word_embeddings=True)
 PREFERENCE_COLUMNS = "columns: [prompt, chosen, rejected]"
 
 
 @pytest.fixture(scope="module")
 def parent(tiny_tokenizer, tmp_path_factory):
     """A small causal LM checkpoint with the tiny tokenizer and its ChatML template."""
-    out = tmp_path_factory.mktemp("parent")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(model_config_from_recipe(ARCHITECTURE, tokenizer)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_small_llama(tiny_tokenizer, tmp_path_factory.mktemp("parent"))
 
 
 @pytest.fixture(scope="module")

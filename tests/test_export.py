@@ -13,17 +13,13 @@ import urllib.request
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, load_script, save_small_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_recipes import hub
-from llm_recipes.model import model_config_from_recipe
 from llm_recipes.recipe import RecipeError
 
 QUESTION, ANSWER = "What is 21 + 38?", "21 + 38 = 59. The answer is 59."
-ARCHITECTURE = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                    tie_word_embeddings=True)
 FAKE_TOKEN = "hf_thisIsNotARealTokenButMustNeverBeWritten"
 
 
@@ -49,11 +45,7 @@ def inside(folder):
 @pytest.fixture(scope="module")
 def answering_model(tiny_tokenizer, workspace):
     """A small model fine-tuned (scripts/sft.py) until it answers one question, with a dry-run push of its stage."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(model_config_from_recipe(ARCHITECTURE, tokenizer)).save_pretrained(
-        workspace / "base")
-    tokenizer.save_pretrained(workspace / "base")
+    save_small_llama(tiny_tokenizer, workspace / "base")
     chat = {"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]}
     (workspace / "chat.jsonl").write_text((json.dumps(chat) + "\n") * 64)
     recipe = workspace / "sft.yaml"

@@ -7,18 +7,14 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, load_script, save_small_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llm_recipes.chat_template import check_chat_template
-from llm_recipes.model import model_config_from_recipe
 from llm_recipes.recipe import RecipeError
 
 CHATML = REPO_ROOT / "recipes" / "templates" / "chatml.jinja"
-ARCHITECTURE = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +23,9 @@ def tokenizer(tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def base_model(tokenizer, tmp_path_factory):
+def base_model(tiny_tokenizer, tmp_path_factory):
     """A small untrained Llama saved as a checkpoint; its generation config stops on <|endoftext|> only."""
-    out = tmp_path_factory.mktemp("base")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(model_config_from_recipe(ARCHITECTURE, tokenizer)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_small_llama(tiny_tokenizer, tmp_path_factory.mktemp("base"), max_position_embeddings=512)
 
 
 def write_recipe(path, tiny_world, base_model, output_dir, extra=""):
