@@ -213,9 +213,8 @@ def main(argv=None):
                      recipe=args.recipe_file, summary=summary, details=notes, license=args.license,
                      hub_model_id=args.hub_model_id, eval_results=eval_results, details_title="Export")
     if args.push_to_hub or args.hub_dry_run:
-        where = push_folder(output_dir, args.hub_model_id, revision=args.hub_revision, private=args.hub_private_repo,
-                            dry_run=args.hub_dry_run, commit_message=f"export ({args.quantization})")
-        stage.logger.info("Pushed to %s%s", args.hub_model_id, f" (dry run: {where})" if where else "")
+        push_folder(output_dir, args.hub_model_id, revision=args.hub_revision, private=args.hub_private_repo,
+                    dry_run=args.hub_dry_run, commit_message=f"export ({args.quantization})")
     stage.mark_complete(output_dir, summary)
 
 

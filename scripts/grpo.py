@@ -104,6 +104,7 @@ def main(argv=None):
         "wall_seconds": time.time() - started,
         "final_train_reward": stage.last_logged(trainer, "reward"),
         "final_kl": stage.last_logged(trainer, "kl"),
+        "mixture": report.rows,
     }
     if held_out:
         summary.update(stage.evaluate_held_out(trainer, keep=is_watched))

@@ -53,6 +53,7 @@ def test_grpo_raises_a_verifiable_reward(tiny_world, tiny_policy, tmp_path, monk
     first, last = sum(reward[:4]) / 4, sum(reward[-4:]) / 4
     assert last > first + 0.1, reward
     assert json.loads((tmp_path / "out/stage_complete.json").read_text())["stage"] == "grpo"
+    assert json.loads((tmp_path / "out/lineage.json").read_text())[-1]["datasets"] == ["rl/train.jsonl (local)"]
 
 
 def test_unknown_reward_function_is_named_with_the_closest_one(tiny_world, tiny_policy, tmp_path):

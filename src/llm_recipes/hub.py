@@ -12,6 +12,7 @@ a folder beside it. The token comes from HF_TOKEN or `hf auth login`, never from
 """
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from llm_recipes.recipe import REPO_ROOT
 
+logger = logging.getLogger("llm_recipes")
 LINEAGE_FILE = "lineage.json"
 # What is never published: checkpoints (optimizer and RNG states), pickles, and the runner's completion marker.
 NOT_UPLOADED = ["checkpoint-*/**", "checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl", "runs/**", "stage_complete.json"]
@@ -149,6 +151,7 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(folder) / name, target / name)
         (target.parent / f"{target.name}.hub_calls.json").write_text(json.dumps(calls, indent=2) + "\n")
+        logger.info("Dry run: what a push to %s would upload is in %s (no upload).", repo_id, target)
         return target
     api = HfApi()  # the token from HF_TOKEN or the cached login, never passed through our code
     api.create_repo(repo_id, private=private, exist_ok=True)
@@ -156,4 +159,5 @@ def push_folder(folder: str | Path, repo_id: str, *, revision: str | None = None
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
                       ignore_patterns=NOT_UPLOADED)
+    logger.info("Pushed %s files to %s%s.", len(files), repo_id, f" (branch {revision})" if revision else "")
     return None

@@ -218,10 +218,9 @@ def finish(trainer, training_args, summary: dict, args: StageArguments | None = 
                      parent=getattr(model_args, "model_name_or_path", None), recipe=recipe, summary=summary,
                      details=settings, license=args.license, hub_model_id=training_args.hub_model_id)
     if training_args.push_to_hub or args.hub_dry_run:
-        where = push_folder(output_dir, training_args.hub_model_id, revision=training_args.hub_revision,
-                            private=training_args.hub_private_repo is not False, dry_run=args.hub_dry_run,
-                            commit_message=f"{summary['stage']}: {Path(recipe).name if recipe else ''}".strip())
-        logger.info("Pushed to %s%s", training_args.hub_model_id, f" (dry run: {where})" if where else "")
+        push_folder(output_dir, training_args.hub_model_id, revision=training_args.hub_revision,
+                    private=training_args.hub_private_repo is not False, dry_run=args.hub_dry_run,
+                    commit_message=f"{summary['stage']}: {Path(recipe).name if recipe else ''}".strip())
     mark_complete(output_dir, summary)
 
 
