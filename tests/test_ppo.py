@@ -55,12 +55,14 @@ def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
         return [sum(t == a for t in ids) / len(ids) for ids in completion_ids]
 
     prompts = Dataset.from_dict({"prompt": [" ".join("bcdefghij"[i % 9 : i % 9 + 3]) for i in range(64)]})
+    held_out = Dataset.from_dict({"prompt": ["j i h", "g e c", "b d f", "i g e"]})  # orders never trained on
     args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
                      per_device_train_batch_size=16, num_ppo_epochs=4, max_steps=20, learning_rate=3e-3,
                      max_completion_length=6, temperature=1.0, missing_eos_penalty=None, kl_coef=0.01,
-                     logging_steps=1, save_strategy="no")
+                     logging_steps=1, save_strategy="no", eval_on_start=True)
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=copy.deepcopy(policy),
-                         value_model=value_model, reward_funcs=[share_of_a], train_dataset=prompts)
+                         value_model=value_model, reward_funcs=[share_of_a], train_dataset=prompts,
+                         eval_dataset=held_out)
     trainer.train()
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
     assert len(scores) == 20
@@ -68,6 +70,9 @@ def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
     assert scores[0] < 0.2 and sum(scores[-3:]) / 3 > 0.5, scores
     kls = [h["objective/kl"] for h in trainer.state.log_history if "objective/kl" in h]
     assert kls[0] == pytest.approx(0.0, abs=1e-4) and kls[-1] > 0  # the policy moved away from its reference
+    # Greedy replies to the held-out prompts, before training and after: the parent's reward is far below.
+    before, after = trainer.state.log_history[0]["eval_reward"], trainer.evaluate()["eval_reward"]
+    assert before < 0.2 and after > before + 0.4, (before, after)
 
 
 @pytest.fixture(scope="module")
