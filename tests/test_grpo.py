@@ -34,11 +34,13 @@ def recipe(tmp_path, tiny_world, policy, reward_funcs="[digit_share]", columns="
     lines = [
         f"output_dir: {tmp_path / 'out'}", f"model_name_or_path: {policy}", f"reward_funcs: {reward_funcs}",
         "dataset_mixture:", "  datasets:", f"    - path: {tiny_world}/rl/train.jsonl", f"      columns: {columns}",
+        f"  eval_datasets: [{{path: {tiny_world}/rl/test.jsonl, columns: {columns}}}]",
         "  max_examples: 400",
         "num_generations: 8", "max_completion_length: 8", "per_device_train_batch_size: 32",
         "temperature: 1.0", "learning_rate: 3.0e-2", "lr_scheduler_type: constant", "max_steps: 16", "beta: 0.0",
         "use_cpu: true", "bf16: false", "gradient_checkpointing: false", "logging_steps: 1", "save_strategy: 'no'",
-        "report_to: none", "seed: 0", "disable_tqdm: true",
+        "report_to: none", "seed: 0", "disable_tqdm: true", "eval_on_start: true", "eval_strategy: 'no'",
+        "per_device_eval_batch_size: 64", "num_generations_eval: 1",
     ] + [f"{k}: {v}" for k, v in extra.items()]
     path.write_text("\n".join(lines) + "\n")
     return ["--config", str(path)]
@@ -52,6 +54,9 @@ def test_grpo_raises_a_verifiable_reward(tiny_world, tiny_policy, tmp_path, monk
     assert len(reward) == 16
     first, last = sum(reward[:4]) / 4, sum(reward[-4:]) / 4
     assert last > first + 0.1, reward
+    # The held-out prompts, answered before training and after (stage summary): the reward rose there too.
+    summary = json.loads((tmp_path / "out/stage_complete.json").read_text())
+    assert summary["eval_reward"] > summary["eval_reward_before"] + 0.1, summary
     assert json.loads((tmp_path / "out/stage_complete.json").read_text())["stage"] == "grpo"
     assert json.loads((tmp_path / "out/lineage.json").read_text())[-1]["datasets"] == ["rl/train.jsonl (local)"]
 
