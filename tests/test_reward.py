@@ -50,6 +50,12 @@ def test_training_raises_pairwise_accuracy_and_margin(reward_model):
     assert summary["train_tokens_per_second"] > 0
 
 
+def test_model_card_presents_a_text_classifier_with_its_pair_accuracy(reward_model):
+    card = (reward_model / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "AutoModelForSequenceClassification.from_pretrained" in card
+    assert "name: pair accuracy" in card  # the held-out accuracy is in the model-index
+
+
 def test_saved_model_reloads_with_plain_from_pretrained_and_scores_as_measured(reward_model, tiny_world):
     model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model)

@@ -77,6 +77,7 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
     """Write README.md and lineage.json into `output_dir` and return the card. `details` are the settings listed
     under `details_title` (the training hyperparameters; for an export, the quantization and its cost)."""
     output_dir = Path(output_dir)
+    kind = summary.get("stage", stage)  # what the script did (pretrain, sft, reward...); `stage` names the recipe
     datasets = [data_name(row["source"]) for row in summary.get("mixture", [])]
     lineage = lineage_of(parent) + [{"stage": stage, "model": hub_model_id, "recipe": recipe_name(recipe),
                                      "datasets": datasets}]
@@ -85,14 +86,14 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
     name = hub_model_id or output_dir.name
     where = hub_model_id or "path/to/this/folder"
     if eval_results is None:
-        eval_results = [EvalResult(task_type=PIPELINE_TAGS.get(stage, "text-generation"), dataset_type="held-out",
+        eval_results = [EvalResult(task_type=PIPELINE_TAGS.get(kind, "text-generation"), dataset_type="held-out",
                                    dataset_name=f"held-out data of the {stage} stage", metric_type=metric,
                                    metric_name=label, metric_value=round(float(summary[key]), 4))
                         for key, (metric, label) in CARD_METRICS.items() if isinstance(summary.get(key), (int, float))]
     data = ModelCardData(
         model_name=name, base_model=base_model, datasets=hub_datasets or None, license=license,
         library_name="peft" if (output_dir / "adapter_config.json").is_file() else "transformers",
-        pipeline_tag=PIPELINE_TAGS.get(stage, "text-generation"), tags=["llm-recipes", stage],
+        pipeline_tag=PIPELINE_TAGS.get(kind, "text-generation"), tags=sorted({"llm-recipes", kind, stage}),
         eval_results=eval_results or None,
     )
     rows = ["| # | stage | recipe | data |", "|---|---|---|---|"]
@@ -101,11 +102,13 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
         rows.append(f"| {i} | {entry['stage']} | {what} | {', '.join(entry['datasets'])} |")
     results = [f"| {r.metric_name} | {r.metric_value} |" for r in eval_results or []]
     settings = [f"- {key}: {getattr(value, 'value', value)}" for key, value in details.items() if value is not None]
+    # A reward model is a one-output sequence classifier; everything else here is a causal LM.
+    auto_class = "AutoModelForSequenceClassification" if kind == "reward" else "AutoModelForCausalLM"
     loading = ("from peft import AutoPeftModelForCausalLM\n\n"
                f"model = AutoPeftModelForCausalLM.from_pretrained(\"{where}\")"
                if data.library_name == "peft" else
-               "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-               f"model = AutoModelForCausalLM.from_pretrained(\"{where}\")\n"
+               f"from transformers import {auto_class}, AutoTokenizer\n\n"
+               f"model = {auto_class}.from_pretrained(\"{where}\")\n"
                f"tokenizer = AutoTokenizer.from_pretrained(\"{where}\")")
     content = "\n".join([
         "---", data.to_yaml(), "---", "", f"# {name}", "",
