@@ -26,8 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_recipes import stage
 from llm_recipes.evaluation import lm_eval_run
-from llm_recipes.hub import LINEAGE_FILE, push_folder, write_model_card
-from llm_recipes.model import format_count
+from llm_recipes.hub import LINEAGE_FILE, check_push_settings, push_folder, write_model_card
+from llm_recipes.model import format_count, torch_dtype
 from llm_recipes.recipe import RecipeError, RecipeParser
 
 QUANTIZATIONS = ("none", "int8_weight_only", "int8_dynamic", "bnb_8bit", "bnb_4bit")
@@ -82,8 +82,7 @@ def check_recipe(args: ExportArguments) -> None:
     if args.adapter_name_or_path and not (Path(args.adapter_name_or_path) / "adapter_config.json").is_file() \
             and Path(args.adapter_name_or_path).exists():
         raise RecipeError(f"adapter_name_or_path: {args.adapter_name_or_path} holds no adapter_config.json.")
-    if (args.push_to_hub or args.hub_dry_run) and not args.hub_model_id:
-        raise RecipeError("push_to_hub / hub_dry_run: set `hub_model_id` to say where the model goes.")
+    check_push_settings(args.push_to_hub, args.hub_dry_run, args.hub_model_id)
 
 
 def quantization_config(name: str):
@@ -107,7 +106,7 @@ def merge_adapter(args: ExportArguments, into: Path) -> None:
     """The base model with the adapter's weights added in, saved as a plain Transformers checkpoint."""
     from peft import PeftModel
 
-    base = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=getattr(torch, args.dtype),
+    base = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch_dtype(args.dtype),
                                                 trust_remote_code=args.trust_remote_code)
     merged = PeftModel.from_pretrained(base, args.adapter_name_or_path).merge_and_unload()
     merged.save_pretrained(into)
@@ -168,7 +167,7 @@ def main(argv=None):
             stage.logger.info("Merged %s into %s", args.adapter_name_or_path, args.model_name_or_path)
         staged = work / "export"
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=getattr(torch, args.dtype), quantization_config=quantization_config(args.quantization),
+            source, dtype=torch_dtype(args.dtype), quantization_config=quantization_config(args.quantization),
             trust_remote_code=args.trust_remote_code)
         model.save_pretrained(staged)
         AutoTokenizer.from_pretrained(source).save_pretrained(staged)

@@ -126,6 +126,17 @@ def write_model_card(output_dir: str | Path, *, stage: str, parent: str | None, 
     return card
 
 
+def check_push_settings(push_to_hub: bool, dry_run: bool, repo_id: str | None) -> None:
+    """Refuse, before any compute, a push that names no repo or that is both real and a dry run."""
+    from llm_recipes.recipe import RecipeError
+
+    if (push_to_hub or dry_run) and not repo_id:
+        raise RecipeError("push_to_hub / hub_dry_run: set `hub_model_id` (e.g. your-name/tiny-sft) to say where "
+                          "the model goes; `hub_revision` puts it on a branch of that repo.")
+    if push_to_hub and dry_run:
+        raise RecipeError("hub_dry_run: leave `push_to_hub` off for a dry run (it would upload checkpoints).")
+
+
 def upload_plan(folder: str | Path) -> list[str]:
     """The files of `folder` that `push_folder` uploads, relative to it."""
     from huggingface_hub.utils import filter_repo_objects

@@ -74,6 +74,9 @@ class Pipeline:
         return list(self.stages)
 
 
+STAGE_REFERENCE = re.compile(r"\{(\w+)\}")  # `{tokenizer}` in a stage's args: that stage's output folder
+
+
 def resolve(value, outputs: dict[str, str]) -> str:
     """Replace `{stage}` with that stage's output folder."""
     def replace(match):
@@ -82,14 +85,14 @@ def resolve(value, outputs: dict[str, str]) -> str:
             raise RecipeError(f"'{{{name}}}' names no earlier stage (known: {', '.join(outputs)}).")
         return outputs[name]
 
-    return re.sub(r"\{(\w+)\}", replace, str(value))
+    return STAGE_REFERENCE.sub(replace, str(value))
 
 
 def newer_input(stage: Stage, outputs: dict[str, str]) -> str | None:
     """The earlier stage, among those whose output `stage` reads (`{name}` in its args), that was completed after
     `stage` was: `stage` is then out of date and must run again. None when it is up to date."""
     own = Path(stage.output_dir) / COMPLETE_MARKER
-    for name in dict.fromkeys(re.findall(r"\{(\w+)\}", " ".join(map(str, stage.args.values())))):
+    for name in dict.fromkeys(STAGE_REFERENCE.findall(" ".join(map(str, stage.args.values())))):
         marker = Path(outputs.get(name, "")) / COMPLETE_MARKER
         if marker.is_file() and marker.stat().st_mtime > own.stat().st_mtime:
             return name

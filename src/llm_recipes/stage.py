@@ -175,14 +175,10 @@ def evaluate_held_out(trainer, keep=lambda key: True) -> dict:
 
 def start(args: StageArguments, training_args) -> None:
     """What every training stage does first: logging, and the Hub settings checked before any compute."""
-    from llm_recipes.recipe import RecipeError
+    from llm_recipes.hub import check_push_settings
 
     setup_logging(training_args)
-    if (training_args.push_to_hub or args.hub_dry_run) and not training_args.hub_model_id:
-        raise RecipeError("push_to_hub / hub_dry_run: set `hub_model_id` (e.g. your-name/tiny-sft) to say where "
-                          "the model goes; `hub_revision` puts it on a branch of that repo.")
-    if training_args.push_to_hub and args.hub_dry_run:
-        raise RecipeError("hub_dry_run: leave `push_to_hub` off for a dry run (it would upload checkpoints).")
+    check_push_settings(training_args.push_to_hub, args.hub_dry_run, training_args.hub_model_id)
 
 
 # Training settings a model card lists, where the stage's config has them.
