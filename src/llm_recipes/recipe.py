@@ -97,6 +97,36 @@ def _value_fits_scalar(action, value) -> bool:
     return True
 
 
+def world_size() -> int:
+    """The number of processes of this run, as `accelerate launch`, torchrun and DeepSpeed's launcher set it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def derive_gradient_accumulation(values: dict) -> None:
+    """`global_batch_size` (examples per optimizer step, over all processes) fixes the optimization whatever the
+    number of devices: gradient accumulation is derived from it, the per-device batch and the world size, so a
+    recipe trains the same on 1, 2 or 64 devices."""
+    global_batch = values.get("global_batch_size")
+    if global_batch is None:
+        return
+    if "gradient_accumulation_steps" not in values:
+        raise RecipeError("global_batch_size: this stage takes no optimizer steps; remove the key.")
+    per_device, processes = values["per_device_train_batch_size"], world_size()
+    per_step = per_device * processes
+    if global_batch % per_step:
+        raise RecipeError(
+            f"global_batch_size: {global_batch} is not a multiple of per_device_train_batch_size x processes "
+            f"({per_device} x {processes} = {per_step}); change one of them so that gradient accumulation is a whole "
+            "number of micro-batches.")
+    derived = global_batch // per_step
+    if values["gradient_accumulation_steps"] not in (1, derived):
+        raise RecipeError(
+            f"global_batch_size: {global_batch} on {processes} process(es) of {per_device} needs "
+            f"gradient_accumulation_steps {derived}, but the recipe sets {values['gradient_accumulation_steps']}; "
+            "set one of the two keys, not both.")
+    values["gradient_accumulation_steps"] = derived
+
+
 class RecipeParser(TrlParser):
     """`TrlParser` that checks every recipe key and value before building the dataclasses.
 
@@ -149,6 +179,7 @@ class RecipeParser(TrlParser):
         if remaining:
             raise RecipeError(f"command line: unexpected arguments {remaining}.")
         values = vars(namespace)
+        derive_gradient_accumulation(values)
         return tuple(
             dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
             for dtype in self.dataclass_types

@@ -10,10 +10,14 @@ A recipe names its rewards and weighs them:
     reward_funcs: [answer_accuracy, answer_format]     # names from REWARD_FUNCS, or a reward model's path
     reward_weights: [1.0, 0.2]
 
+A function of your own is named by its import path, `my_package.my_rewards:my_reward` (a module the script can
+import: installed, or on PYTHONPATH); its name is kept in the logs as `my_reward`.
+
 `reward_funcs_from_recipe` turns those keys into callables (and reward-model paths, which the trainer loads), naming
 an unknown function and the closest known one.
 """
 
+import importlib
 import math
 import re
 from collections.abc import Callable
@@ -148,14 +152,30 @@ REWARD_COLUMNS = {"answer_accuracy": "answer", "answer_closeness": "answer", "ac
 
 def is_reward_model(name: str) -> bool:
     """A `reward_funcs` entry that names a reward model: a local folder, or a Hub id ("org/name")."""
-    return Path(name).is_dir() or ("/" in name and name not in REWARD_FUNCS)
+    return Path(name).is_dir() or ("/" in name and name not in REWARD_FUNCS and ":" not in name)
+
+
+def imported_reward(name: str) -> Callable:
+    """The reward function a `module.path:function` entry names, or a RecipeError saying what is missing."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise RecipeError(f"reward_funcs: '{name}': cannot import the module '{module_name}' ({e}). Install it or "
+                          "put its folder on PYTHONPATH.") from e
+    func = getattr(module, attribute, None)
+    if not callable(func):
+        raise RecipeError(f"reward_funcs: '{name}': the module '{module_name}' has no function '{attribute}'.")
+    return func
 
 
 def check_reward_names(names: list[str], weights: list[float] | None = None, where: str = "reward_funcs") -> None:
     """Raise a RecipeError naming an unknown reward function (and the closest known one) or a weight count that
     does not match; checked when a recipe is parsed, before anything is loaded."""
     for name in names:
-        if name not in REWARD_FUNCS and not is_reward_model(name):
+        if ":" in name:
+            imported_reward(name)
+        elif name not in REWARD_FUNCS and not is_reward_model(name):
             suggestion = closest_key(name, REWARD_FUNCS)
             did_you_mean = f" Did you mean '{suggestion}'?" if suggestion else ""
             raise RecipeError(f"{where}: unknown reward function '{name}'.{did_you_mean} Known functions: "
@@ -180,6 +200,8 @@ def reward_funcs_from_recipe(
                     raise RecipeError(f"reward_funcs: '{name}' needs the maximum completion length.")
                 func = _WithMaxLength(func, max_completion_length)
             funcs.append(func)
+        elif ":" in name:
+            funcs.append(imported_reward(name))
         else:
             funcs.append(name)
     return funcs, list(weights) if weights is not None else [1.0] * len(names)

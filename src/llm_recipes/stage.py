@@ -65,6 +65,13 @@ class StageArguments:
                   "it would make to `<output_dir>-hub-dry-run.hub_calls.json`) and upload nothing. Needs "
                   "`hub_model_id`; leave `push_to_hub` off."},
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Examples per optimizer step over all processes (sequences, pairs, or sampled replies). "
+                  "Gradient accumulation is derived from it, `per_device_train_batch_size` and the number of "
+                  "processes, so that the recipe trains the same on any number of devices. Unset: "
+                  "`gradient_accumulation_steps` as given."},
+    )
     recipe_file: str | None = field(default=None, init=False)  # set by RecipeParser: the --config file
 
 
@@ -178,6 +185,10 @@ def start(args: StageArguments, training_args) -> None:
     from llm_recipes.hub import check_push_settings
 
     setup_logging(training_args)
+    # Before any model is built: a model made from a config, a new value or classification head and LoRA weights
+    # are initialised from this seed, so a rerun (or another number of processes) starts from the same weights.
+    # Trainer seeds again when it is created, too late for those.
+    transformers.set_seed(training_args.seed)
     check_push_settings(training_args.push_to_hub, args.hub_dry_run, training_args.hub_model_id)
 
 
@@ -203,6 +214,10 @@ def finish(trainer, training_args, summary: dict, args: StageArguments | None = 
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     (output_dir / "training_args.json").write_text(training_args.to_json_string())
     args = args or StageArguments()
+    # How the run was spread: a summary read later (or by a test) tells a 2-process run from a 1-process one.
+    summary.setdefault("processes", training_args.world_size)
+    summary.setdefault("global_batch_size", training_args.per_device_train_batch_size
+                       * training_args.gradient_accumulation_steps * training_args.world_size)
     settings = {key: getattr(training_args, key, None) for key in CARD_SETTINGS}
     settings.update({key: getattr(model_args, key, None) for key in ("use_peft", "lora_r")})
     if not settings["use_peft"]:
