@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 from transformers import TrainingArguments
 
-from llm_recipes.recipe import RecipeError, RecipeParser
+from llm_recipes.recipe import RecipeError, RecipeParser, derive_gradient_accumulation
 
 
 @dataclass
@@ -103,3 +103,38 @@ def test_a_key_two_dataclasses_define_reaches_both(tmp_path):
     path.write_text("trust_remote_code: true\nuse_cpu: true\noutput_dir: out\n")
     stage_args, sft_args = RecipeParser((StageArguments, SFTConfig)).parse_or_raise(["--config", str(path)])
     assert stage_args.trust_remote_code is True and sft_args.trust_remote_code is True
+
+
+@dataclass
+class BatchArguments:
+    global_batch_size: int | None = field(default=None, metadata={"help": "examples per optimizer step"})
+
+
+def test_global_batch_size_in_a_recipe_sets_gradient_accumulation(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("use_cpu: true\nglobal_batch_size: 64\nper_device_train_batch_size: 8\n")
+    training = RecipeParser((BatchArguments, TrainingArguments)).parse_or_raise(["--config", str(path)])[1]
+    assert training.gradient_accumulation_steps == 8
+
+
+def accumulation(monkeypatch, processes: int, **values) -> int:
+    monkeypatch.setenv("WORLD_SIZE", str(processes))  # what `accelerate launch` sets in each process
+    values = {"gradient_accumulation_steps": 1, **values}
+    derive_gradient_accumulation(values)
+    return values["gradient_accumulation_steps"]
+
+
+@pytest.mark.parametrize("processes, steps", [(1, 8), (2, 4), (8, 1)])
+def test_global_batch_size_gives_the_same_optimizer_step_on_any_number_of_processes(monkeypatch, processes, steps):
+    assert accumulation(monkeypatch, processes, global_batch_size=64, per_device_train_batch_size=8) == steps
+
+
+def test_a_global_batch_that_the_devices_cannot_split_is_refused(monkeypatch):
+    with pytest.raises(RecipeError, match=r"64 is not a multiple of .* \(8 x 16 = 128\)"):
+        accumulation(monkeypatch, 16, global_batch_size=64, per_device_train_batch_size=8)
+
+
+def test_global_batch_and_a_contradicting_accumulation_are_refused(monkeypatch):
+    with pytest.raises(RecipeError, match="needs gradient_accumulation_steps 8, but the recipe sets 2"):
+        accumulation(monkeypatch, 1, global_batch_size=64, per_device_train_batch_size=8,
+                     gradient_accumulation_steps=2)

@@ -10,6 +10,7 @@ from llm_recipes.rewards import (
     answer_accuracy,
     answer_closeness,
     answer_format,
+    check_reward_names,
     overlong_penalty,
     reward_funcs_from_recipe,
 )
@@ -83,3 +84,15 @@ def test_an_unknown_reward_function_is_named_with_the_closest_known_one():
 def test_weights_must_match_the_reward_functions():
     with pytest.raises(RecipeError, match="2 weights for 1 reward_funcs"):
         reward_funcs_from_recipe(["answer_format"], [1.0, 2.0])
+
+
+def test_a_reward_of_your_own_is_named_by_import_path():
+    funcs, _ = reward_funcs_from_recipe(["toy_rewards:digit_share"])
+    assert funcs[0](["12ab"]) == [0.5]
+
+
+@pytest.mark.parametrize("name, message", [("no_such_module:f", "cannot import the module 'no_such_module'"),
+                                           ("toy_rewards:missing", "has no function 'missing'")])
+def test_an_import_path_that_does_not_resolve_is_named(name, message):
+    with pytest.raises(RecipeError, match=message):
+        check_reward_names([name])

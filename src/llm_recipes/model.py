@@ -130,8 +130,17 @@ def meta_model(
         apply_config_overrides(config, config_overrides or {})
     else:
         config = model_config_from_recipe(architecture or {}, tokenizer, trust_remote_code)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    # Under DeepSpeed ZeRO-3, from_config would partition and initialise the weights (zero.Init), which fails on
+    # the meta device; the shape needs neither, so the ZeRO-3 config is set aside while the shape is built.
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    zero3_config = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = zero3_config
 
 
 def training_memory_estimate(
