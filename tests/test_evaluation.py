@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import load_script
 
@@ -26,6 +27,7 @@ def eval_workspace(tiny_world, tiny_tokenizer, tmp_path_factory):
     config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                   num_attention_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)  # the same untrained model in every session, whatever ran before
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root
@@ -230,7 +232,7 @@ def test_tasks_discriminate_a_model_trained_on_them_from_an_untrained_one(eval_w
     chats = [_json.loads(line)["messages"] for line in (tiny_world / "sft/train.jsonl").read_text().splitlines()]
     refusals = [tokenizer.apply_chat_template(m, tokenize=False) for m in chats
                 if m[-1]["content"].startswith(("I can't", "Sorry"))]
-    texts = pages + refusals * 4
+    texts = pages + refusals * 8  # x4 left the refusal rate at 0.5-0.7 by seed; x8 gives 0.8
     blocks = Dataset.from_dict({"input_ids": [tokenizer(t)["input_ids"][:128] for t in texts]})
     trainer = Trainer(
         model=AutoModelForCausalLM.from_pretrained("model"),
