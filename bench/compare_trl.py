@@ -12,8 +12,8 @@ Pretraining has no TRL CLI: its baseline is bench/run_clm.py, written the way Tr
 pretrains (tokenize, concatenate, cut into blocks, Trainer). TRL 1.16 has no PPO: ours is put next to TRL's GRPO
 with the same number of replies per step and the same reply length, the comparison issue 6 asks for.
 
-Peak memory is the peak resident memory of the training process (sampled every 50 ms); on a GPU machine use
-`--device cuda` and read the trainers' own logs for device memory.
+Peak memory is the peak resident memory of the training process (sampled every 50 ms). The jobs are the tiny
+recipes on the CPU; GPU jobs (a ~0.5B model, device memory, MFU) are not written yet.
 """
 
 import argparse
