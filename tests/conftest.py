@@ -23,6 +23,16 @@ def load_script(name: str):
     return module
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback, so that a distributed job or a server started by a test cannot clash with
+    another one on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def save_small_llama(tokenizer_path, out: Path, max_position_embeddings: int = 256, seed: int = 0) -> Path:
     """An untrained 2-layer Llama (hidden size 64) with the tokenizer at `tokenizer_path`, saved to `out` as a
     checkpoint the stage scripts start from."""

@@ -2,14 +2,13 @@
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 CONFIGS = sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml"))
 
@@ -34,11 +33,8 @@ def test_cpu_multi_process_config_gives_world_size_two(tmp_path):
         args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
         print(f"rank={args.process_index} world={args.world_size}", flush=True)
     """))
-    with socket.socket() as free:  # a free port, so that another distributed job on the machine cannot clash
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(port),
+        [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()),
          "--config_file", str(REPO_ROOT / "accelerate_configs/cpu_multi_process.yaml"), str(probe)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -4,7 +4,6 @@ terminal and answers over HTTP from a CPU server on loopback."""
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, load_script, save_small_llama
+from conftest import REPO_ROOT, free_port, load_script, save_small_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_recipes import hub
@@ -219,9 +218,7 @@ def test_chat_streams_replies_through_the_chat_template(exported):
 
 
 def test_cpu_server_answers_a_question_over_http_on_loopback(exported):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(["transformers", "serve", str(exported), "--host", "127.0.0.1", "--port", str(port),
                                "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               executable=os.path.join(os.path.dirname(sys.executable), "transformers"))

@@ -15,13 +15,12 @@ step by step; there the two-process run must reach what the one-process tests as
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, save_small_llama
+from conftest import REPO_ROOT, free_port, save_small_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-4
 CHATML = REPO_ROOT / "recipes" / "templates" / "chatml.jinja"
-
-
-def free_port() -> int:
-    with socket.socket() as s:  # a free port, so that two distributed jobs on the machine cannot clash
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extension_env() -> dict:

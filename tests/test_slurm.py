@@ -3,11 +3,10 @@ machine, with stand-ins for `srun` and `scontrol` that do what Slurm does (one t
 
 import json
 import os
-import socket
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +34,9 @@ def fake_slurm(tmp_path, nodes: int) -> dict:
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": str(nodes),
             "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_ID": "1234", "PROCESSES_PER_NODE": "1",
-            "MAIN_PORT": str(port), "OMP_NUM_THREADS": "1"}
+            "MAIN_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
 
 
 def test_two_nodes_train_as_one_job(tiny_world, tiny_tokenizer, tmp_path):
