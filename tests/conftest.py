@@ -51,6 +51,23 @@ def save_small_llama(tokenizer_path, out: Path, max_position_embeddings: int = 2
     return out
 
 
+def save_tiny_policy(tokenizer_path, out: Path, seed: int = 0) -> Path:
+    """An untrained 1-layer Llama (hidden size 32) with the tokenizer at `tokenizer_path`: a policy that RL tests
+    train on a toy reward in a few steps."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  bos_token_id=None, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

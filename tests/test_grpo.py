@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import load_script
+from conftest import load_script, save_tiny_policy
 
 from llm_recipes import rewards
 from llm_recipes.recipe import RecipeError
@@ -17,16 +17,7 @@ def digit_share(completions, **kwargs) -> list[float]:
 
 @pytest.fixture
 def tiny_policy(tiny_tokenizer, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  bos_token_id=None, tie_word_embeddings=True)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "policy")
-    tokenizer.save_pretrained(tmp_path / "policy")
-    return tmp_path / "policy"
+    return save_tiny_policy(tiny_tokenizer, tmp_path / "policy")
 
 
 def recipe(tmp_path, tiny_world, policy, reward_funcs="[digit_share]", columns="[prompt, answer]", **extra):
