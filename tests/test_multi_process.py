@@ -19,8 +19,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from conftest import REPO_ROOT, free_port, save_small_llama
+from conftest import REPO_ROOT, free_port, save_small_llama, save_tiny_policy
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -158,6 +157,15 @@ def test_a_different_global_batch_is_told_apart(pretrained, tiny_world, tiny_tok
 
 # --- SFT and DPO: DDP against one process --------------------------------------------------------------------------
 
+def one_and_two_processes(script: str, recipe, tmp_path) -> tuple[list[float], list[float]]:
+    """The stage run on one process and on two (DDP) with the same recipe; their loss curves, after checking that
+    both saved the same weights."""
+    launch(script, recipe, tmp_path / "one", 1, "cpu.yaml")
+    launch(script, recipe, tmp_path / "ddp", 2)
+    assert weight_gap(tmp_path / "one", tmp_path / "ddp") < 1e-4
+    return logged(tmp_path / "one"), logged(tmp_path / "ddp")
+
+
 def test_sft_on_two_processes_matches_one(tiny_world, base, tmp_path):
     recipe = tmp_path / "sft.yaml"
     recipe.write_text(
@@ -168,12 +176,9 @@ def test_sft_on_two_processes_matches_one(tiny_world, base, tmp_path):
         "global_batch_size: 16\nper_device_train_batch_size: 8\nlearning_rate: 3.0e-3\nwarmup_steps: 2\n"
         "eval_strategy: 'no'\nlogging_steps: 1\nsave_strategy: 'no'\nreport_to: none\ndisable_tqdm: true\n"
     )
-    launch("sft", recipe, tmp_path / "one", 1, "cpu.yaml")
-    launch("sft", recipe, tmp_path / "ddp", 2)
-    one, ddp = logged(tmp_path / "one"), logged(tmp_path / "ddp")
+    one, ddp = one_and_two_processes("sft", recipe, tmp_path)
     assert len(one) == 12 and one[-1] < one[0]
     assert relative_gap(one, ddp) < TOLERANCE
-    assert weight_gap(tmp_path / "one", tmp_path / "ddp") < 1e-4
 
 
 def test_dpo_on_two_processes_matches_one(tiny_world, base, tmp_path):
@@ -185,32 +190,18 @@ def test_dpo_on_two_processes_matches_one(tiny_world, base, tmp_path):
         "global_batch_size: 16\nper_device_train_batch_size: 8\nlearning_rate: 2.0e-3\neval_strategy: 'no'\n"
         "logging_steps: 1\nsave_strategy: 'no'\nreport_to: none\ndisable_tqdm: true\n"
     )
-    launch("dpo", recipe, tmp_path / "one", 1, "cpu.yaml")
-    launch("dpo", recipe, tmp_path / "ddp", 2)
-    one, ddp = logged(tmp_path / "one"), logged(tmp_path / "ddp")
+    one, ddp = one_and_two_processes("dpo", recipe, tmp_path)
     assert len(one) == 8 and one[-1] < one[0]
     assert relative_gap(one, ddp) < TOLERANCE
     assert relative_gap(logged(tmp_path / "one", "rewards/margins")[1:],
                         logged(tmp_path / "ddp", "rewards/margins")[1:]) < 1e-2  # margins start at 0: relative to small
-    assert weight_gap(tmp_path / "one", tmp_path / "ddp") < 1e-4
 
 
 # --- GRPO and PPO: two processes reach what one does ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def random_policy(tiny_tokenizer, tmp_path_factory):
-    from transformers import AutoConfig, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("policy")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  bos_token_id=None, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_policy(tiny_tokenizer, tmp_path_factory.mktemp("policy"))
 
 
 def rl_data(tiny_world) -> str:
