@@ -132,7 +132,6 @@ def main(argv=None):
            if train_logs},
         "train_kl_max": max((h["objective/kl"] for h in train_logs), default=None),
         "wall_seconds": time.time() - started,
-        "processes": training_args.world_size,
         "trainable_parameters": trainable,
         "reward_funcs": training_args.reward_funcs,
         "mixture": report.rows,
