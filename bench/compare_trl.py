@@ -60,6 +60,14 @@ class PeakMemory(threading.Thread):
             self.done.wait(0.05)
 
 
+def as_number(value):
+    """A logged value as a float where it is one ("0.6119", "2.455e+05"), else as it is."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def logged_dicts(stdout: str) -> list[dict]:
     """The dicts Trainer prints at each logging step (values as strings in Transformers 5)."""
     found = []
@@ -70,8 +78,7 @@ def logged_dicts(stdout: str) -> list[dict]:
                 entry = ast.literal_eval(line)
             except (ValueError, SyntaxError):
                 continue
-            found.append({k: float(v) if isinstance(v, str) and v.replace(".", "", 1).replace("e-", "", 1)
-                          .replace("e+", "", 1).lstrip("-").isdigit() else v for k, v in entry.items()})
+            found.append({k: as_number(v) for k, v in entry.items()})
     return found
 
 
@@ -129,14 +136,15 @@ def jobs(args) -> dict:
     data = RUNS / "data"
     defined = {}
 
-    def pair(stage, script, dataset, steps, extra, baseline, trl_extra=None):
+    def pair(stage, script, dataset, steps, extra, baseline, trl_extra=None, baseline_recipe=None):
+        """`baseline_recipe`: the recipe TRL's config is made from, when it is not ours (PPO's is GRPO's)."""
         ours = our_recipe(stage, dataset, steps, work / f"{stage}_ours", extra)
         (work / f"{stage}_ours.yaml").write_text(yaml.safe_dump(ours))
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(REPO / "accelerate_configs/cpu.yaml")]
         our_command = [*launch, str(REPO / "scripts" / f"{script}.py"), "--config", str(work / f"{stage}_ours.yaml")]
         if baseline.startswith("trl "):
-            config = trl_config(ours, dataset, work / f"{stage}_trl")
+            config = trl_config(baseline_recipe or ours, dataset, work / f"{stage}_trl")
             config.update(trl_extra or {})
             (work / f"{stage}_trl.yaml").write_text(yaml.safe_dump(config))
             base_command = trl_cli(baseline.split()[1], work / f"{stage}_trl.yaml")
@@ -166,15 +174,12 @@ def jobs(args) -> dict:
         # TRL GRPO with PPO's replies per step (64 x 2 minibatches = 128, 16 prompts x 8) and reply length.
         ppo = yaml.safe_load((REPO / "recipes/tiny/ppo.yaml").read_text())
         replies = ppo["per_device_train_batch_size"] * ppo["num_mini_batches"]
-        grpo = our_recipe("grpo", rl_data, args.steps["ppo"], work / "ppo_trl", {})
-        grpo_config = trl_config(grpo, rl_data, work / "ppo_trl")
-        grpo_config.update(grpo_reward, model_name_or_path=str(RUNS / "sft"), per_device_train_batch_size=replies,
-                           max_completion_length=ppo["max_completion_length"], reward_weights=None)
         pair("ppo", "ppo", rl_data, args.steps["ppo"],
              {"model_name_or_path": str(RUNS / "sft"), "reward_funcs": ["answer_accuracy"], "reward_weights": None},
-             "trl grpo (same replies per step and length; TRL has no PPO)")
-        (work / "ppo_trl.yaml").write_text(yaml.safe_dump(grpo_config))
-        defined["ppo"] = (defined["ppo"][0], trl_cli("grpo", work / "ppo_trl.yaml"), defined["ppo"][2])
+             "trl grpo (same replies per step and length; TRL has no PPO)",
+             {**grpo_reward, "model_name_or_path": str(RUNS / "sft"), "per_device_train_batch_size": replies,
+              "max_completion_length": ppo["max_completion_length"], "reward_weights": None},
+             baseline_recipe=our_recipe("grpo", rl_data, args.steps["ppo"], work / "ppo_trl", {}))
     return defined
 
 

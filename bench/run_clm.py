@@ -4,6 +4,7 @@ the same recipe file as scripts/pretrain.py and ignoring the keys it has no use 
 
 import sys
 from itertools import chain
+from pathlib import Path
 
 import yaml
 from datasets import load_dataset
@@ -33,8 +34,8 @@ def main(config_path: str):
     model = AutoModelForCausalLM.from_config(config)
 
     source = recipe["dataset_mixture"]["datasets"][0]["path"]
-    raw = load_dataset("json", data_files=f"{source}/*.jsonl.gz" if not source.endswith("l") else source,
-                       split="train")
+    # A file, or a folder of datatrove's .jsonl.gz shards (what scripts/prepare_data.py writes).
+    raw = load_dataset("json", data_files=source if Path(source).is_file() else f"{source}/*.jsonl.gz", split="train")
     block = recipe["max_seq_length"]
 
     def tokenize(batch):
