@@ -201,14 +201,23 @@ CARD_SETTINGS = ("learning_rate", "lr_scheduler_type", "max_steps", "num_train_e
 def finish(trainer, training_args, summary: dict, args: StageArguments | None = None,
            model_args=None) -> None:
     """Save the final model, its model card and metrics; push it to the Hub when asked (or write the dry run);
-    then mark the stage complete."""
+    then mark the stage complete, and leave the process group."""
+    # Trainer's own push would write its own card; we push the finished folder ourselves (publish).
+    trainer.save_model(training_args.output_dir, _internal_call=True)
+    if trainer.is_world_process_zero():
+        publish(trainer, training_args, summary, args, model_args)
+    # Every process waits for the main one to finish writing, then leaves the process group (trackers finished,
+    # group destroyed): a process that exits with its gloo or NCCL group still open can abort in teardown
+    # ("terminate called without an active exception") after a run that succeeded.
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
+
+
+def publish(trainer, training_args, summary: dict, args: StageArguments | None, model_args) -> None:
+    """The main process's part of `finish`: trainer state, model card, push or dry run, completion marker."""
     from llm_recipes.hub import push_folder, write_model_card
 
     output_dir = Path(training_args.output_dir)
-    # Trainer's own push would write its own card; we push the finished folder ourselves below.
-    trainer.save_model(str(output_dir), _internal_call=True)
-    if not trainer.is_world_process_zero():
-        return
     trainer.save_state()
     # Trainer pickles its arguments; a published folder should hold no pickles, so keep them as JSON.
     (output_dir / "training_args.bin").unlink(missing_ok=True)
