@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ logger = logging.getLogger("llm_recipes")
 
 COMPLETE_MARKER = "stage_complete.json"
 TRAINER_STATE = "trainer_state.json"  # Trainer writes it last in a checkpoint folder
+# How long a multi-process run waits, with the GIL released, before its interpreter exits (see `finish`).
+EXIT_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -206,11 +209,17 @@ def finish(trainer, training_args, summary: dict, args: StageArguments | None = 
     trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.is_world_process_zero():
         publish(trainer, training_args, summary, args, model_args)
-    # Every process waits for the main one to finish writing, then leaves the process group (trackers finished,
-    # group destroyed): a process that exits with its gloo or NCCL group still open can abort in teardown
-    # ("terminate called without an active exception") after a run that succeeded.
+    # Every process waits for the main one to finish writing, then leaves the process group (trackers finished).
     trainer.accelerator.wait_for_everyone()
     trainer.end()
+    if training_args.world_size > 1:
+        # A gloo worker thread may still be freeing the last collectives (this barrier holds the all-gathers
+        # queued before it), which needs the GIL to free their Python tensors. Gloo's group is not joined on
+        # destroy (its threads outlive it), and a thread that asks for the GIL once the interpreter is finalizing is
+        # killed mid-destructor: "terminate called without an active exception", SIGABRT after a run that had
+        # succeeded (1 exit in 15 of a 2-process GRPO run under load, backtrace from its core). Holding off the
+        # exit with the GIL released lets the worker finish.
+        time.sleep(EXIT_GRACE_SECONDS)
 
 
 def publish(trainer, training_args, summary: dict, args: StageArguments | None, model_args) -> None:
