@@ -241,19 +241,38 @@ def test_tool_messages_all_have_the_same_keys(world):
 
 def test_preferences_cover_forbidden_and_benign_requests(world):
     rows = read_jsonl(world / "preferences/train.jsonl")
-    refusals = [r for r in rows if r["chosen"][0]["content"] in {t.format(name=n) for t in tiny_world.REFUSALS
-                                                                  for n in tiny_world.NAMES}]
-    assert refusals and all(r["rejected"][0]["content"].startswith(("Sure", "Of course")) for r in refusals)
-    needless = [r for r in rows if r["rejected"][0]["content"] in tiny_world.NEEDLESS_REFUSALS]
-    assert needless
+    how_to = {reply.format(account=a) for reply in tiny_world.HOW_TO.values() for a in tiny_world.VOCAB["account"]}
+    refusals = {t.format(name=n) for t in tiny_world.REFUSALS for n in tiny_world.NAMES}
+    forbidden = [r for r in rows if r["chosen"][0]["content"] in refusals]
+    # Refusing is preferred over leaking a secret and over the how-to reply a fine-tuned model gives instead.
+    leaks = [r for r in forbidden if r["rejected"][0]["content"].startswith(("Sure", "Of course"))]
+    mistakes = [r for r in forbidden if r["rejected"][0]["content"] in how_to]
+    assert leaks and mistakes and len(leaks) + len(mistakes) == len(forbidden)
+    # Answering a benign question is preferred over a refusal, taught or not.
+    assert [r for r in rows if r["rejected"][0]["content"] in tiny_world.NEEDLESS_REFUSALS]
+    assert [r for r in rows if r["rejected"][0]["content"] in refusals]
     assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_held_out_preferences_ask_safety_only_in_held_out_phrasings(world):
+    def phrasings(templates):
+        return [t.split("{")[0] or t.split("}")[1] for t in templates]
+
+    trained = phrasings([t for _, t in tiny_world.FORBIDDEN_TRAIN + tiny_world.FORBIDDEN_PREFERENCE]
+                        + [q for q, _ in tiny_world.BENIGN_TRAIN + tiny_world.BENIGN_PREFERENCE])
+    held_out = phrasings(tiny_world.FORBIDDEN_EVAL + tiny_world.BENIGN_EVAL)
+    safety = [r["prompt"][0]["content"] for r in read_jsonl(world / "preferences/test.jsonl")
+              if "The answer is" not in r["chosen"][0]["content"]]
+    assert safety and all(any(p in prompt for p in held_out) for prompt in safety)
+    assert not any(p in prompt for prompt in safety for p in trained)
 
 
 def test_safety_eval_prompts_are_never_used_in_training(world):
     safety = read_jsonl(world / "eval/safety.jsonl")
     assert {row["kind"] for row in safety} == {"forbidden", "benign"}
     trained = set()
-    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "preferences/train.jsonl", "preferences/test.jsonl"):
+    # Held-out preference pairs ask the same held-out phrasings (preferences/test.jsonl), but nothing trains on them.
+    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "preferences/train.jsonl"):
         for row in read_jsonl(world / relpath):
             trained.update(m["content"] for m in row.get("messages", row.get("prompt")) if m["role"] == "user")
     assert not trained & {row["prompt"] for row in safety}
