@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 
+from llm_recipes import tiny_world
 from llm_recipes.recipe import RecipeError
 from llm_recipes.rewards import (
     REWARD_FUNCS,
@@ -55,6 +56,24 @@ def test_answer_format_wants_the_reply_to_end_with_the_answer():
     completions = [reply("40 + 9 = 49. The answer is 49."), reply("The answer is 49"),
                    reply("The answer is 49. Anything else?"), reply("The answer is -5.  ")]
     assert answer_format(completions) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_rows_of_another_task_in_the_mixture_get_no_opinion_from_the_answer_rewards():
+    # A mixture of arithmetic prompts and safety requests: the safety rows' `answer` is null (see align_features).
+    completions = [reply("The answer is 49."), reply("I can't help with that.")]
+    answers = ["49", None]
+    assert answer_accuracy(completions, answer=answers) == [1.0, None]
+    assert answer_closeness(completions, answer=answers) == [1.0, None]
+    assert answer_format(completions, answer=answers) == [1.0, None]
+
+
+def test_safety_line_rewards_refusing_forbidden_requests_and_answering_benign_ones():
+    refusal = reply(tiny_world.REFUSALS[0].format(name="Kai"))
+    answer = reply(tiny_world.BENIGN_TRAIN[0][1].format(account="email"))
+    completions = [refusal, answer, refusal, answer, answer]
+    kinds = ["forbidden", "forbidden", "benign", "benign", None]
+    assert tiny_world.safety_line(completions, kind=kinds) == [1.0, 0.0, 0.0, 1.0, None]
+    assert tiny_world.safety_line(completions) == [None] * 5  # prompts without a `kind` column
 
 
 def test_overlong_penalty_is_zero_until_three_quarters_of_the_limit_then_falls_to_minus_one():

@@ -272,7 +272,7 @@ def test_safety_eval_prompts_are_never_used_in_training(world):
     assert {row["kind"] for row in safety} == {"forbidden", "benign"}
     trained = set()
     # Held-out preference pairs ask the same held-out phrasings (preferences/test.jsonl), but nothing trains on them.
-    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "preferences/train.jsonl"):
+    for relpath in ("sft/train.jsonl", "sft/test.jsonl", "preferences/train.jsonl", "rl/safety_train.jsonl"):
         for row in read_jsonl(world / relpath):
             trained.update(m["content"] for m in row.get("messages", row.get("prompt")) if m["role"] == "user")
     assert not trained & {row["prompt"] for row in safety}
@@ -306,6 +306,7 @@ STAGE_COLUMNS = {
     "preferences/test.jsonl": {"prompt", "chosen", "rejected"},
     "rl/train.jsonl": {"prompt", "answer"},
     "rl/test.jsonl": {"prompt", "answer"},
+    "rl/safety_train.jsonl": {"prompt", "kind"},
     "eval/arithmetic.jsonl": {"question", "answer", "prompt"},
     "eval/word_problems.jsonl": {"question", "answer"},
     "eval/multiple_choice.jsonl": {"question", "choices", "label"},

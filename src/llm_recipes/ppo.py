@@ -676,8 +676,9 @@ class PPOTrainer(Trainer):
         dataset = self.eval_dataset if eval_dataset is None else self._tokenize(eval_dataset)
         accelerator, chunk = self.accelerator, self.args.local_rollout_forward_batch_size
         indices = list(range(len(dataset)))[accelerator.process_index :: accelerator.num_processes]
-        # Sums over this process's prompts: count, score, KL, length, ended, then one per reward.
-        sums = torch.zeros(5 + len(self.reward_funcs), device=accelerator.device)
+        # Sums over this process's prompts: count, score, KL, length, ended; then per reward its sum and the number
+        # of replies it scored.
+        sums = torch.zeros(5 + 2 * len(self.reward_funcs), device=accelerator.device)
         for start in range(0, len(indices), chunk):
             examples = [dataset[i] for i in indices[start : start + chunk]]
             queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
@@ -695,12 +696,18 @@ class PPOTrainer(Trainer):
                 torch.stack([torch.tensor(float(len(examples)), device=accelerator.device),
                              self._weighted(per_func).sum(), kl.sum(), mask.float().sum(), ended.float().sum()]),
                 per_func.nan_to_num(0.0).sum(dim=0),
+                # Each function's mean is over the replies it scored: None (another task's row) is no opinion.
+                (~per_func.isnan()).float().sum(dim=0),
             ])
         sums = accelerator.reduce(sums, reduction="sum")
-        means = (sums / sums[0].clamp(min=1)).tolist()
+        means = (sums[:5] / sums[0].clamp(min=1)).tolist()
+        functions = len(self.reward_names)
+        totals, counts = sums[5:5 + functions].tolist(), sums[5 + functions:].tolist()
         metrics = {f"{metric_key_prefix}_{key}": means[i + 1]
                    for i, key in enumerate(("reward", "kl", "response_length", "eos_fraction"))}
-        metrics.update({f"{metric_key_prefix}_{name}": means[5 + i] for i, name in enumerate(self.reward_names)})
+        # A function that scored none of these prompts (another task's reward) has no mean to report.
+        metrics.update({f"{metric_key_prefix}_{name}": totals[i] / counts[i]
+                        for i, name in enumerate(self.reward_names) if counts[i]})
         self.log(dict(metrics))  # a copy: log() adds the epoch to what it is given
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

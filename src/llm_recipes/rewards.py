@@ -79,6 +79,8 @@ def answer_accuracy(completions, answer: list, **kwargs) -> list[float | None]:
     rewards: list[float | None] = [None] * len(completions)
     symbolic = []
     for i, (completion, gold) in enumerate(zip(completions, answer, strict=True)):
+        if gold is None:  # a row of another task in the mixture, which has no answer: no opinion
+            continue
         reference = gold_number(gold)
         if reference is None:
             symbolic.append(i)
@@ -103,7 +105,8 @@ def answer_closeness(completions, answer: list, **kwargs) -> list[float | None]:
     policy that is rarely exactly right."""
     rewards: list[float | None] = []
     for completion, gold in zip(completions, answer, strict=True):
-        reference, predicted = gold_number(gold), extract_answer(completion_text(completion))
+        reference = None if gold is None else gold_number(gold)
+        predicted = extract_answer(completion_text(completion))
         if reference is None:
             rewards.append(None)
         else:
@@ -111,9 +114,12 @@ def answer_closeness(completions, answer: list, **kwargs) -> list[float | None]:
     return rewards
 
 
-def answer_format(completions, **kwargs) -> list[float]:
-    """1.0 when the reply ends with "The answer is N." (the form the answer is read from), else 0.0."""
-    return [float(bool(FORMAT.search(completion_text(c).strip()))) for c in completions]
+def answer_format(completions, answer: list | None = None, **kwargs) -> list[float | None]:
+    """1.0 when the reply ends with "The answer is N." (the form the answer is read from), else 0.0; None for a row
+    whose `answer` is null, a row of another task in the mixture that should not end with a number."""
+    answer = answer if answer is not None else [""] * len(completions)
+    return [None if gold is None else float(bool(FORMAT.search(completion_text(c).strip())))
+            for c, gold in zip(completions, answer, strict=True)]
 
 
 def overlong_penalty(completion_ids, max_completion_length: int, **kwargs) -> list[float]:

@@ -172,6 +172,9 @@ def evaluate_held_out(trainer, keep=lambda key: True) -> dict:
     metrics = trainer.evaluate()
     for logged in history[logged_before_evaluating:]:
         metrics.update({key: value for key, value in logged.items() if key.startswith("eval_")})
+    # A reward that scored none of the held-out prompts (another task's, in a mixture) has no mean: GRPOTrainer
+    # gives None, which is not a measurement.
+    metrics = {key: value for key, value in metrics.items() if value is not None}
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     results = {}
