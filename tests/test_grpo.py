@@ -63,3 +63,24 @@ def test_reward_reading_a_missing_column_fails_before_training(tiny_world, tiny_
         load_script("grpo").main(recipe(tmp_path, tiny_world, tiny_policy, reward_funcs="[answer_accuracy]",
                                         columns="[prompt]"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mixture_of_tasks_scores_each_row_only_with_its_own_rewards(tiny_world, tiny_policy, tmp_path):
+    # Arithmetic prompts (with `answer`) and safety requests (with `kind`), as recipes/tiny/grpo_safety.yaml mixes
+    # them: each reward gives no opinion (None) on the other task's rows.
+    args = recipe(tmp_path, tiny_world, tiny_policy, max_steps=4,
+                  reward_funcs="[answer_format, 'llm_recipes.tiny_world:safety_line']")
+    path = args[1]
+    text = open(path).read().replace(
+        "  eval_datasets:", f"      weight: 0.5\n    - {{path: {tiny_world}/rl/safety_train.jsonl, "
+        "columns: [prompt, kind], weight: 0.5}\n  eval_datasets:")
+    open(path, "w").write(text)
+    load_script("grpo").main(args)
+    history = json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"]
+    safety = [h["rewards/safety_line/mean"] for h in history if "rewards/safety_line/mean" in h and "step" in h]
+    # A random policy never refuses: 1.0 on benign requests, 0.0 on forbidden ones; each step samples both tasks.
+    assert len(safety) == 4 and all(0.0 <= s <= 1.0 for s in safety) and 0.0 < sum(safety) < 4.0, safety
+    # The held-out prompts are arithmetic only: the safety reward scored none of them and is not reported.
+    summary = json.loads((tmp_path / "out/stage_complete.json").read_text())
+    assert "eval_rewards/answer_format/mean" in summary
+    assert not any("safety_line" in key for key in summary)

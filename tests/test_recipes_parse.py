@@ -14,7 +14,7 @@ from llm_recipes.recipe import RecipeParser, repo_path
 # Recipe file name -> the script that runs it, where the two names differ.
 SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
               "eval": "evaluate", "eval_long": "evaluate", "sft_lora": "sft", "sft_qlora": "sft",
-              "dpo_qlora": "dpo"}
+              "dpo_qlora": "dpo", "grpo_safety": "grpo"}
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
 
