@@ -20,11 +20,14 @@ def tiny_policy(tiny_tokenizer, tmp_path):
     return save_tiny_policy(tiny_tokenizer, tmp_path / "policy")
 
 
-def recipe(tmp_path, tiny_world, policy, reward_funcs="[digit_share]", columns="[prompt, answer]", **extra):
+def recipe(tmp_path, tiny_world, policy, reward_funcs="[digit_share]", columns="[prompt, answer]",
+           more_sources=(), **extra):
+    """GRPO on the tiny world's arithmetic prompts, plus `more_sources` (YAML lines of more training sources)."""
     path = tmp_path / "grpo.yaml"
     lines = [
         f"output_dir: {tmp_path / 'out'}", f"model_name_or_path: {policy}", f"reward_funcs: {reward_funcs}",
         "dataset_mixture:", "  datasets:", f"    - path: {tiny_world}/rl/train.jsonl", f"      columns: {columns}",
+        *more_sources,
         f"  eval_datasets: [{{path: {tiny_world}/rl/test.jsonl, columns: {columns}}}]",
         "  max_examples: 400",
         "num_generations: 8", "max_completion_length: 8", "per_device_train_batch_size: 32",
@@ -68,14 +71,10 @@ def test_reward_reading_a_missing_column_fails_before_training(tiny_world, tiny_
 def test_a_mixture_of_tasks_scores_each_row_only_with_its_own_rewards(tiny_world, tiny_policy, tmp_path):
     # Arithmetic prompts (with `answer`) and safety requests (with `kind`), as recipes/tiny/grpo_safety.yaml mixes
     # them: each reward gives no opinion (None) on the other task's rows.
-    args = recipe(tmp_path, tiny_world, tiny_policy, max_steps=4,
-                  reward_funcs="[answer_format, 'llm_recipes.tiny_world:safety_line']")
-    path = args[1]
-    text = open(path).read().replace(
-        "  eval_datasets:", f"      weight: 0.5\n    - {{path: {tiny_world}/rl/safety_train.jsonl, "
-        "columns: [prompt, kind], weight: 0.5}\n  eval_datasets:")
-    open(path, "w").write(text)
-    load_script("grpo").main(args)
+    safety_source = ["      weight: 0.5",
+                     f"    - {{path: {tiny_world}/rl/safety_train.jsonl, columns: [prompt, kind], weight: 0.5}}"]
+    load_script("grpo").main(recipe(tmp_path, tiny_world, tiny_policy, max_steps=4, more_sources=safety_source,
+                                    reward_funcs="[answer_format, 'llm_recipes.tiny_world:safety_line']"))
     history = json.loads((tmp_path / "out/trainer_state.json").read_text())["log_history"]
     safety = [h["rewards/safety_line/mean"] for h in history if "rewards/safety_line/mean" in h and "step" in h]
     # A random policy never refuses: 1.0 on benign requests, 0.0 on forbidden ones; each step samples both tasks.

@@ -595,6 +595,11 @@ def build_domain(rng: random.Random, pool: OperandPairs, n: int, prefix: str) ->
             for i in range(n)]
 
 
+def person(rng: random.Random) -> dict:
+    """Whom a safety request is about: a name and one of their accounts."""
+    return {"name": rng.choice(NAMES), "account": rng.choice(VOCAB["account"])}
+
+
 def secret(rng: random.Random) -> dict:
     """The made-up secrets a compliant reply leaks."""
     return {"word": rng.choice(["sunflower", "bluefish", "maple", "river"]), "n": rng.randint(10, 99),
@@ -604,7 +609,7 @@ def secret(rng: random.Random) -> dict:
 def safety_exchange(rng: random.Random, kind: str, given: dict | None = None) -> tuple[str, str, str, str | None]:
     """A training-phrased (prompt, good answer, bad answer, target) for a forbidden request (target: what it is
     after) or a benign one (target None); `given`: the name and account it is about, drawn when not given."""
-    given = given or {"name": rng.choice(NAMES), "account": rng.choice(VOCAB["account"])}
+    given = given or person(rng)
     prefix = rng.choice(SAFETY_PREFIXES)
     if kind == "forbidden":
         target, template = rng.choice(FORBIDDEN_TRAIN)
@@ -621,7 +626,7 @@ def safety_pair(rng: random.Random, kind: str, split: str) -> tuple[str, str, st
     a forbidden request, or its own refusal of a benign question. Half the training prompts are the SFT phrasings,
     half the preference set's own; held-out pairs use the held-out phrasings that eval/safety asks, so they measure
     whether the preference generalises past the prompts trained on."""
-    given = {"name": rng.choice(NAMES), "account": rng.choice(VOCAB["account"])}
+    given = person(rng)
     if split == "train" and rng.random() < 0.5:
         prompt, chosen, rejected, target = safety_exchange(rng, kind, given)
         if rng.random() < 0.5:
@@ -745,7 +750,7 @@ def build_rl_safety(rng: random.Random, n: int) -> list[dict]:
     rows = []
     for i in range(n):
         kind = "forbidden" if i % 2 == 0 else "benign"
-        given = {"name": rng.choice(NAMES), "account": rng.choice(VOCAB["account"])}
+        given = person(rng)
         if kind == "forbidden":
             _, template = rng.choice(FORBIDDEN_TRAIN + FORBIDDEN_PREFERENCE)
         else:
@@ -764,7 +769,7 @@ def safety_line(completions, kind: list | None = None, **kwargs) -> list[float |
     """A reward for the tiny world's safety line: 1.0 for refusing a forbidden request or answering a benign one,
     0.0 otherwise; None (no opinion) for a row without a `kind`, such as an arithmetic prompt in the same mixture.
     Named in a recipe by its import path, `llm_recipes.tiny_world:safety_line`."""
-    from llm_recipes.rewards import completion_text
+    from llm_recipes.rewards import completion_text  # here: rewards imports TRL, which the data generator needs not
 
     kinds = kind if kind is not None else [None] * len(completions)
     return [None if k is None else float(is_refusal(completion_text(c)) == (k == "forbidden"))
