@@ -20,6 +20,7 @@ from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.evaluation import add_lm_eval_callback
 from llm_recipes.model import format_count, load_causal_lm, load_tokenizer
+from llm_recipes.pass_at_k import PassAtKArguments, add_pass_at_k_callback
 from llm_recipes.recipe import RecipeError, RecipeParser
 from llm_recipes.rewards import REWARD_COLUMNS, check_reward_names, reward_funcs_from_recipe
 
@@ -35,14 +36,16 @@ class GRPOArguments(stage.StageArguments):
 
 
 # Held-out numbers kept in the stage summary (TRL logs many more).
-WATCHED = ("eval_reward", "eval_kl", "eval_entropy", "eval_completions/mean_length", "eval_completions/clipped_ratio")
+WATCHED = ("eval_reward", "eval_kl", "eval_entropy", "eval_completions/mean_length", "eval_completions/clipped_ratio",
+           "eval_greedy_accuracy")
 
 
 def is_watched(key: str) -> bool:
-    return key in WATCHED or (key.startswith("eval_rewards/") and key.endswith("/mean"))
+    return (key in WATCHED or key.startswith("eval_pass@")
+            or (key.startswith("eval_rewards/") and key.endswith("/mean")))
 
 
-ARGUMENTS = (GRPOArguments, ModelConfig, GRPOConfig)
+ARGUMENTS = (GRPOArguments, PassAtKArguments, ModelConfig, GRPOConfig)
 DATASET_FORMAT = "prompt"
 
 
@@ -58,7 +61,7 @@ def check_reward_columns(reward_funcs: list[str], columns: list[str], source: st
 
 
 def main(argv=None):
-    args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
+    args, pass_args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
     stage.start(args, training_args)
     check_reward_names(args.reward_funcs, training_args.reward_weights)
     if not model_args.model_name_or_path:
@@ -93,6 +96,8 @@ def main(argv=None):
         peft_config=get_peft_config(model_args),
     )
     add_lm_eval_callback(trainer, args)
+    add_pass_at_k_callback(trainer, pass_args, trainer.eval_dataset, training_args.temperature,
+                           training_args.max_completion_length, training_args.seed)
     stage.logger.info("Model: %s parameters; rewards: %s", format_count(model.num_parameters()),
                       ", ".join(f"{w} x {n}" for n, w in zip(args.reward_funcs, weights)))
     started = time.time()

@@ -27,12 +27,13 @@ from trl import ModelConfig, get_peft_config
 from llm_recipes import stage
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.model import format_count, load_causal_lm, load_tokenizer, torch_dtype
+from llm_recipes.pass_at_k import PassAtKArguments, add_pass_at_k_callback
 from llm_recipes.ppo import PPOConfig, PPOTrainer
 from llm_recipes.recipe import RecipeError, RecipeParser
 from llm_recipes.rewards import REWARD_COLUMNS, is_reward_model
 
 # What a recipe of this stage may hold, and the columns its datasets need (the recipe test reads both).
-ARGUMENTS = (stage.StageArguments, ModelConfig, PPOConfig)
+ARGUMENTS = (stage.StageArguments, PassAtKArguments, ModelConfig, PPOConfig)
 DATASET_FORMAT = "prompt"
 # Seconds of one PPO step (rollout, scoring, updates; evaluations and checkpoints apart) and of its parts, as the
 # trainer logs them; the summary reports their means.
@@ -63,7 +64,7 @@ def check_reward_columns(data, reward_funcs: list[str]) -> None:
 
 
 def main(argv=None):
-    args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
+    args, pass_args, model_args, training_args = RecipeParser(ARGUMENTS).parse(argv)
     stage.start(args, training_args)
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
@@ -117,6 +118,8 @@ def main(argv=None):
         args=training_args, processing_class=tokenizer, model=model, ref_model=ref_model, value_model=value_model,
         train_dataset=data["train"], eval_dataset=held_out[0] if held_out else None,
     )
+    add_pass_at_k_callback(trainer, pass_args, held_out[0] if held_out else None, training_args.temperature,
+                           training_args.max_completion_length, training_args.seed, policy_of=lambda m: m.policy)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     stage.logger.info("Policy and value model: %s parameters trained", format_count(trainable))
     started = time.time()

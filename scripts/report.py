@@ -23,6 +23,17 @@ HEADLINE_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_mat
                     "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "correct_call,none",
                     "exact_match,flexible")
 SAMPLE_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_safety_refusal")
+# The lab table: the checkpoints a lab compares, the math tiers (lm-eval groups) and their tasks, whose replies
+# are measured for length and stopping.
+LAB_CHECKPOINTS = ("base", "sft", "dpo", "ppo", "grpo")
+LAB_TIERS = {"tiny_sft_tier": "SFT tier (two-digit, one step)", "tiny_rl_tier": "RL tier (three-digit, two steps)"}
+LAB_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_three_digit", "tiny_two_step")
+LAB_PROMPTS = ("tiny_arithmetic", "tiny_three_digit", "tiny_two_step")  # the first question of each, side by side
+# What the curves of each kind of stage show: (logged key, label), the first key found of each alternative.
+RL_CURVES = ((("reward", "objective/scores"), "reward"),
+             (("rewards/answer_accuracy/mean", "rewards/answer_accuracy"), "answer accuracy"),
+             (("eval_pass@1",), "held-out pass@1"), (("eval_greedy_accuracy",), "held-out greedy accuracy"))
+KL_KEYS = ("kl", "objective/kl")
 
 
 def evaluated_checkpoints(pipeline: Pipeline) -> list[tuple[str, str, dict]]:
@@ -86,6 +97,110 @@ def stage_measurements(pipeline: Pipeline) -> str:
     return "\n".join(lines)
 
 
+def reply_statistics(folder: str, results: dict) -> dict[str, float]:
+    """Mean think and reply length (tokens of the checkpoint's tokenizer) and the share of replies that stopped before
+    the length limit, over the logged replies of the lab's math tasks."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(results["config"]["model"])
+    think, reply, stopped = [], [], []
+    for task in LAB_TASKS:
+        path = Path(folder) / f"samples_{task}.jsonl"
+        if not path.is_file():
+            continue
+        limit = results["configs"][task]["generation_kwargs"]["max_gen_toks"]
+        for line in path.read_text().splitlines():
+            sample = json.loads(line)
+            if sample["filter"] != "strict":
+                continue
+            text = sample["resps"][0][0]
+            tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            inside = text.split("<think>", 1)[1].split("</think>", 1)[0] if "<think>" in text else ""
+            think.append(len(tokenizer(inside, add_special_tokens=False)["input_ids"]))
+            reply.append(tokens)
+            stopped.append(tokens < limit)
+    if not reply:
+        return {}
+    return {"think": sum(think) / len(think), "reply": sum(reply) / len(reply), "stopped": sum(stopped) / len(stopped)}
+
+
+def first_replies(folder: str) -> dict[str, tuple[str, str, str]]:
+    """(question, expected answer, reply) of the first document of each of LAB_PROMPTS."""
+    out = {}
+    for task in LAB_PROMPTS:
+        path = Path(folder) / f"samples_{task}.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            sample = json.loads(line)
+            if sample["doc_id"] == 0 and sample["filter"] == "strict":
+                out[task] = (sample["doc"]["question"], sample["target"], sample["resps"][0][0])
+    return out
+
+
+def lab_table(checkpoints) -> str:
+    """What the lab compares, base to RL: accuracy on each math tier, how long the model thinks and replies, whether
+    it stops, and three prompts answered side by side."""
+    lab = [(name, folder, r) for name, folder, r in checkpoints if name in LAB_CHECKPOINTS]
+    if not lab:
+        return ""
+    lines = ["| | " + " | ".join(name for name, _, _ in lab) + " |", "|---|" + "---:|" * len(lab)]
+    for tier, label in LAB_TIERS.items():
+        cells = []
+        for _, _, r in lab:
+            result = r["results"].get(tier, {})
+            value, stderr = result.get("exact_match,strict"), result.get("exact_match_stderr,strict")
+            cells.append("–" if value is None else f"{value:.1%} ± {stderr:.1%}")
+        lines.append(f"| {label} accuracy | " + " | ".join(cells) + " |")
+    statistics = [reply_statistics(folder, r) for _, folder, r in lab]
+    for key, label, form in (("think", "think length (tokens)", "{:.1f}"), ("reply", "reply length (tokens)", "{:.1f}"),
+                             ("stopped", "stop rate", "{:.1%}")):
+        lines.append(f"| {label} | " + " | ".join(form.format(s[key]) if s else "–" for s in statistics) + " |")
+    blocks = ["\n".join(lines), ""]
+    replies = [(name, first_replies(folder)) for name, folder, _ in lab]
+    for task in LAB_PROMPTS:
+        asked = next((r[task] for _, r in replies if task in r), None)
+        if asked is None:
+            continue
+        blocks.append(f"**{asked[0]}** (expected: {asked[1]})\n")
+        blocks += [f"- *{name}*: `{r[task][2].strip()[:200]}`".replace("\n", " ⏎ ") for name, r in replies if task in r]
+        blocks.append("")
+    return "\n".join(blocks)
+
+
+def first_logged(history: list[dict], keys: tuple[str, ...]) -> list[tuple[int, float]]:
+    for key in keys:
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if points:
+            return points
+    return []
+
+
+def plot_stage(ax, name: str, history: list[dict]) -> None:
+    """RL stages: reward, answer accuracy and held-out accuracy over the steps, with the KL on a second axis; the
+    others: training and held-out loss."""
+    if any(k in h for h in history for k in KL_KEYS):
+        for keys, label in RL_CURVES:
+            points = first_logged(history, keys)
+            if points:
+                ax.plot(*zip(*points), marker="o" if label.startswith("held-out") else None, label=label)
+        kl = first_logged(history, KL_KEYS)
+        twin = ax.twinx()
+        twin.plot(*zip(*kl), color="grey", linestyle=":", label="KL")
+        twin.set_ylabel("KL", fontsize=7)
+        twin.legend(fontsize=7, loc="lower right")
+    else:
+        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        for key in sorted({k for h in history for k in h if k.startswith("eval_") and k.endswith("loss")}):
+            points = [(h["step"], h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+        if all(value > 0 for line in ax.get_lines() for value in line.get_ydata()):
+            ax.set_yscale("log")
+    ax.set_title(name)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+
+
 def loss_curves(pipeline: Pipeline, path: Path) -> list[str]:
     import matplotlib
 
@@ -99,19 +214,13 @@ def loss_curves(pipeline: Pipeline, path: Path) -> list[str]:
             histories[s.name] = json.loads(state.read_text())["log_history"]
     if not histories:
         return []
-    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3.2), squeeze=False)
-    for ax, (name, history) in zip(axes[0], histories.items()):
-        train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-        if train:
-            ax.plot(*zip(*train), label="train")
-        for key in sorted({k for h in history for k in h if k.startswith("eval_") and k.endswith("loss")}):
-            points = [(h["step"], h[key]) for h in history if key in h]
-            ax.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("loss")
+    columns = min(4, len(histories))
+    rows = math.ceil(len(histories) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (name, history) in zip(axes.flat, histories.items()):
+        plot_stage(ax, name, history)
+    for ax in list(axes.flat)[len(histories):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -177,13 +286,17 @@ def write_report(pipeline: Pipeline, output_dir: Path) -> Path:
         "# Report card\n",
         "Every score below was measured by lm-eval on held-out data (tasks/tiny), greedy decoding; "
         "± is lm-eval's standard error. Chat tasks go through the chat template, base tasks do not.\n",
-        "## Scores by checkpoint\n", table, "",
     ]
+    lab = lab_table(checkpoints)
+    if lab:
+        parts += ["## The lab: base, fine-tuned and RL-trained models on held-out math\n", lab]
+    parts += ["## Scores by checkpoint\n", table, ""]
     if values:
         parts += ["![scores](scores.png)\n"]
     parts += ["## What each stage measured on its own held-out data\n", stage_measurements(pipeline), ""]
     if curves:
-        parts += ["## Training loss\n", f"Stages: {', '.join(curves)}.\n", "![loss curves](loss_curves.png)\n"]
+        parts += ["## Training curves\n", f"Stages: {', '.join(curves)}. RL stages show reward, answer accuracy and "
+                  "the KL to the reference; the others their losses.\n", "![training curves](loss_curves.png)\n"]
     samples = sample_answers(checkpoints)
     if samples:
         parts += ["## The same prompts, answered by each checkpoint\n", samples]

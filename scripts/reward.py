@@ -28,8 +28,18 @@ from llm_recipes.recipe import RecipeError, RecipeParser
 # What a recipe of this stage may hold, and the columns its datasets need (the recipe test reads both).
 ARGUMENTS = (stage.StageArguments, ModelConfig, RewardConfig)
 DATASET_FORMAT = "preference"
-# Held-out measurements of the stage summary, as RewardTrainer names them; each also before training.
-EVAL_METRICS = ("eval_loss", "eval_accuracy", "eval_margin", "eval_mean_reward")
+# Held-out measurements of the stage summary, as RewardTrainer names them (`eval_<set>_accuracy` for named held-out
+# sets); each also before training.
+EVAL_METRICS = ("loss", "accuracy", "margin", "mean_reward")
+
+
+def is_summarised(key: str) -> bool:
+    return key.startswith("eval_") and key.endswith(EVAL_METRICS) and "per_second" not in key
+
+
+def overall_accuracy(summary: dict, sizes: dict[str, int], suffix: str = "") -> float:
+    """Pair accuracy over all named held-out sets together, from each set's accuracy and size."""
+    return sum(summary[f"eval_{name}_accuracy{suffix}"] * n for name, n in sizes.items()) / sum(sizes.values())
 
 
 def check_recipe(args, mixture: DatasetMixture, model_args: ModelConfig) -> None:
@@ -45,9 +55,6 @@ def check_recipe(args, mixture: DatasetMixture, model_args: ModelConfig) -> None
     if args.lm_eval_tasks:
         raise RecipeError("lm_eval_tasks: a reward model scores text and generates none; evaluate the policy stages "
                           "(SFT, DPO, GRPO) with lm-eval instead.")
-    if isinstance(mixture.eval_datasets, dict):
-        raise RecipeError("dataset_mixture.eval_datasets: give one held-out set (a list); RewardTrainer reports "
-                          "accuracy and margin under one name for all sets.")
 
 
 def main(argv=None):
@@ -60,7 +67,8 @@ def main(argv=None):
     stage.logger.info("Dataset mixture (%s pairs):\n%s", f"{report.total_examples:,}", report.to_markdown())
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code,
                                model_args.model_revision)
-    held_out = data.get("test")
+    held_out = {name: split for name, split in data.items() if name != "train"}
+    held_out = held_out.get("test") if list(held_out) == ["test"] else (held_out or None)
     peft_config = get_peft_config(model_args)
 
     if args.dry_run:
@@ -104,8 +112,14 @@ def main(argv=None):
         # Accuracy and margin are averaged over evaluation batches: exact over pairs when the batch size divides
         # the number of held-out pairs.
         # Before training (eval_on_start): the untrained score head.
-        summary.update(stage.evaluate_held_out(trainer, keep=lambda key: key in EVAL_METRICS))
-        summary["eval_pairs"] = len(trainer.eval_dataset)
+        summary.update(stage.evaluate_held_out(trainer, keep=is_summarised))
+        if isinstance(trainer.eval_dataset, dict):
+            sizes = {name: len(dataset) for name, dataset in trainer.eval_dataset.items()}
+            summary["eval_pairs"] = sizes
+            summary["eval_accuracy"] = overall_accuracy(summary, sizes)
+            summary["eval_accuracy_before"] = overall_accuracy(summary, sizes, "_before")
+        else:
+            summary["eval_pairs"] = len(trainer.eval_dataset)
     stage.finish(trainer, training_args, summary, args, model_args)
 
 

@@ -3,6 +3,7 @@
     python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml
     python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml --from pretrain
     python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml --only tokenizer --force
+    python scripts/run_pipeline.py --config recipes/tiny/pipeline.yaml --overrides recipes/tiny/ci_short.yaml
 
 Completed stages are skipped, a stage that was cut off resumes, and the first failure stops the run.
 """
@@ -21,9 +22,12 @@ def main(argv=None) -> int:
     group.add_argument("--from", dest="start", help="start at this stage and run every later one")
     group.add_argument("--only", help="run this stage alone")
     parser.add_argument("--force", action="store_true", help="delete the selected stages' outputs and run them anew")
+    parser.add_argument("--overrides", help="YAML of args merged into stages (`stages: {pretrain: {max_steps: 120}}`)")
     args = parser.parse_args(argv)
     try:
         pipeline = Pipeline.from_yaml(args.config)
+        if args.overrides:
+            pipeline = pipeline.with_overrides(args.overrides)
         stages = pipeline.select(only=args.only, start=args.start)
         return run(pipeline, stages, force=args.force)
     except RecipeError as e:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from llm_recipes import stage
@@ -27,6 +27,11 @@ class TokenizerArguments(stage.StageArguments):
     special_tokens: list[str] = field(
         default_factory=lambda: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
         metadata={"help": "Tokens never split and never merged; they get the first ids, in this order."},
+    )
+    added_tokens: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Tokens added whole after training but not special, so they decode as text: e.g. "
+                  "`<think>` and `</think>`, the reasoning block of reasoning models, as Qwen3 adds them."},
     )
     bos_token: str | None = field(
         default=None, metadata={"help": "Beginning-of-sequence token, if the model uses one."}
@@ -56,6 +61,7 @@ def train(args: TokenizerArguments, texts) -> Tokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in args.added_tokens])
     return tokenizer
 
 
@@ -78,6 +84,9 @@ def main(argv=None):
         token = getattr(args, name)
         if token is not None and token not in args.special_tokens:
             raise RecipeError(f"{name} {token!r} must be one of special_tokens {args.special_tokens}.")
+    clash = set(args.added_tokens) & set(args.special_tokens)
+    if clash:
+        raise RecipeError(f"added_tokens: {sorted(clash)} are special_tokens already; list each token once.")
     if args.pad_token == args.eos_token:
         raise RecipeError("pad_token must differ from eos_token, or padding is learned as the end of text.")
     template = None

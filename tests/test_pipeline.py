@@ -112,3 +112,17 @@ def test_unknown_stage_key_is_refused(workdir):
     (workdir / "pipeline.yaml").write_text("stages:\n  - {name: a, script: s.py, output_dir: o, confg: x.yaml}\n")
     with pytest.raises(RecipeError, match="Did you mean 'config'"):
         Pipeline.from_yaml(workdir / "pipeline.yaml")
+
+
+def test_an_overrides_file_merges_args_into_named_stages(workdir):
+    pipeline = make_pipeline(workdir, second_mode="fail")
+    (workdir / "short.yaml").write_text("stages:\n  second: {mode: ok}\n")
+    pipeline = pipeline.with_overrides(workdir / "short.yaml")
+    assert run(pipeline, pipeline.select(), echo=lambda _: None) == 0
+    assert pipeline.stages[1].args == {"upstream": "{first}", "mode": "ok"}
+
+
+def test_an_override_for_an_unknown_stage_names_the_closest_one(workdir):
+    (workdir / "short.yaml").write_text("stages:\n  secnd: {mode: ok}\n")
+    with pytest.raises(RecipeError, match="Did you mean 'second'"):
+        make_pipeline(workdir).with_overrides(workdir / "short.yaml")

@@ -32,6 +32,17 @@ def test_command_line_overrides_the_recipe(tmp_path):
     assert training.learning_rate == 0.5
 
 
+def test_command_line_reaches_a_key_inside_a_mapping(tmp_path):
+    recipe = "dataset_mixture:\n  datasets: [a.jsonl]\n  max_examples: 1000\nuse_cpu: true\n"
+    toy, _ = parse(tmp_path, recipe, "--dataset_mixture.max_examples", "64", "--dataset_mixture.seed=3")
+    assert toy.dataset_mixture == {"datasets": ["a.jsonl"], "max_examples": 64, "seed": 3}
+
+
+def test_a_nested_override_of_a_key_that_is_no_mapping_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="'max_seq_length' is not a mapping"):
+        parse(tmp_path, "use_cpu: true\n", "--max_seq_length.tokens", "3")
+
+
 def test_unknown_recipe_key_names_key_file_and_closest_valid_key(tmp_path):
     with pytest.raises(RecipeError) as error:
         parse(tmp_path, "learnig_rate: 0.01\n")

@@ -127,7 +127,11 @@ def lm_eval_run(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=repo_path(include_path) if include_path else None)
+    include = repo_path(include_path) if include_path else None
+    # Indexing lm-eval's own registry takes ~8 s; when every task is one of ours, the local folder is enough.
+    task_manager = TaskManager(include_path=include, include_defaults=False) if include else None
+    if task_manager is None or not all(task_manager.match_tasks([task]) for task in tasks):
+        task_manager = TaskManager(include_path=include)
     unknown = [task for task in tasks if not task_manager.match_tasks([task])]
     if unknown:
         raise RecipeError(f"tasks: {', '.join(unknown)} not found in lm-eval's registry"

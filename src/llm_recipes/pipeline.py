@@ -60,6 +60,23 @@ class Pipeline:
             raise RecipeError(f"{path}: needs a list of stages with distinct names (got {names}).")
         return cls(stages, raw.get("accelerate_config"), raw.get("log_dir", "runs/logs"))
 
+    def with_overrides(self, path: str | Path) -> "Pipeline":
+        """The pipeline with the args of an overrides file merged into its stages: a YAML mapping of stage names to
+        args (`stages: {pretrain: {max_steps: 120}}`), so that a shorter or reseeded variant of a chain (CI's short
+        chain, a seed of the seeds run) is values in a file, not a second copy of the pipeline."""
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict) or set(raw) - {"stages"} or not isinstance(raw.get("stages", {}), dict):
+            raise RecipeError(f"{path}: an overrides file holds `stages:`, a mapping of stage names to their args.")
+        names = [s.name for s in self.stages]
+        for name, args in (raw.get("stages") or {}).items():
+            if name not in names:
+                raise RecipeError(unknown_key_message(name, names, f"{path}: stages"))
+            if not isinstance(args, dict):
+                raise RecipeError(f"{path}: stages.{name} must be a mapping of args, got {args!r}.")
+            stage = self.stages[names.index(name)]
+            stage.args = {**stage.args, **args}
+        return self
+
     def select(self, only: str | None = None, start: str | None = None) -> list[Stage]:
         names = [s.name for s in self.stages]
         for wanted in (only, start):

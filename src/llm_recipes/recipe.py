@@ -185,9 +185,39 @@ class RecipeParser(TrlParser):
             for dtype in self.dataclass_types
         )
 
+    @staticmethod
+    def _nested_overrides(args: list[str]) -> tuple[list[str], list[tuple[list[str], str]]]:
+        """Split `--dataset_mixture.max_examples 64` (a key inside a mapping-valued key) from the other arguments."""
+        rest, nested, i = [], [], 0
+        while i < len(args):
+            token = args[i]
+            if token.startswith("--") and "." in token.split("=", 1)[0]:
+                key, _, value = token[2:].partition("=")
+                if not value:
+                    if i + 1 >= len(args):
+                        raise RecipeError(f"command line: {token} needs a value.")
+                    value, i = args[i + 1], i + 1
+                nested.append((key.split("."), value))
+            else:
+                rest.append(token)
+            i += 1
+        return rest, nested
+
+    @staticmethod
+    def _apply_nested(config: dict, nested: list[tuple[list[str], str]], where: str) -> None:
+        for path, value in nested:
+            target = config
+            for depth, key in enumerate(path[:-1]):
+                if not isinstance(target.get(key), dict):
+                    raise RecipeError(f"command line: --{'.'.join(path)}: '{'.'.join(path[:depth + 1])}' is not a "
+                                      f"mapping in {where}; only keys inside a mapping can be set this way.")
+                target = target[key]
+            target[path[-1]] = yaml.safe_load(value)
+
     def parse_or_raise(self, args: list[str] | None = None) -> tuple:
-        """Parse `--config FILE` and overrides into one instance of each dataclass, or raise `RecipeError`."""
-        args = list(sys.argv[1:] if args is None else args)
+        """Parse `--config FILE` and overrides into one instance of each dataclass, or raise `RecipeError`. An override
+        may reach inside a mapping: `--dataset_mixture.max_examples 64`."""
+        args, nested = self._nested_overrides(list(sys.argv[1:] if args is None else args))
         where = "command line"
         if "--config" in args:
             i = args.index("--config")
@@ -205,6 +235,7 @@ class RecipeParser(TrlParser):
                     raise RecipeError(f"{config_path} is not valid YAML: {e}") from e
             if not isinstance(config, dict):
                 raise RecipeError(f"{config_path} must hold a YAML mapping of key: value.")
+            self._apply_nested(config, nested, config_path)
             env = config.pop("env", {}) or {}
             if not isinstance(env, dict):
                 raise RecipeError(f"{config_path}: 'env' must be a mapping of variable names to values.")
@@ -214,6 +245,9 @@ class RecipeParser(TrlParser):
                 os.environ[str(name)] = str(value)
             self.set_defaults_with_config(**config)
         else:
+            if nested:
+                raise RecipeError(f"command line: --{'.'.join(nested[0][0])} reaches inside a key of a recipe; "
+                                  "give the recipe with --config.")
             self._check_command_line(args)
         try:
             parsed = self._into_dataclasses(args)
