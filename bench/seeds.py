@@ -16,7 +16,6 @@ its `stage_complete.json` and every headline lm-eval score, its value per seed, 
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,25 +36,17 @@ EVAL_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_match,n
                 "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "correct_call,none")
 
 
-def seeded_pipeline(pipeline: Pipeline, seed: int, start: str) -> dict:
-    """The pipeline file of one seed: absolute scripts and recipes (it runs in another folder), `seed` set on every
-    seeded stage from `start` on."""
+def seeded_overrides(pipeline: Pipeline, seed: int, start: str) -> dict:
+    """The overrides file of one seed: the pipeline's own args (an overrides file already merged in) and `seed` on
+    every seeded stage from `start` on."""
     names = [s.name for s in pipeline.stages]
-    stages = []
-    for index, stage in enumerate(pipeline.stages):
-        entry = {"name": stage.name, "script": str(REPO / stage.script), "output_dir": stage.output_dir,
-                 "launcher": stage.launcher, "args": dict(stage.args), "always_run": stage.always_run}
-        if stage.config:
-            entry["config"] = str(REPO / stage.config)
-        if stage.num_processes:
-            entry["num_processes"] = stage.num_processes
-        if index >= names.index(start) and Path(stage.script).name in SEEDED_SCRIPTS:
-            entry["args"]["seed"] = seed
-        if Path(stage.script).name == "report.py":
-            entry["args"]["pipeline"] = "pipeline.yaml"
-        stages.append(entry)
-    accelerate = str(REPO / pipeline.accelerate_config) if pipeline.accelerate_config else None
-    return {"accelerate_config": accelerate, "log_dir": pipeline.log_dir, "stages": stages}
+    stages = {}
+    for stage in pipeline.stages[names.index(start):]:
+        if Path(stage.script).name in SEEDED_SCRIPTS:
+            stages[stage.name] = {**stage.args, "seed": seed}
+        elif stage.args:
+            stages[stage.name] = dict(stage.args)
+    return {"stages": stages}
 
 
 def link_upstream(pipeline: Pipeline, start: str, base: Path, workdir: Path) -> None:
@@ -122,11 +113,13 @@ def main(argv=None) -> int:
         workdir = root / f"seed-{seed}"
         workdir.mkdir(parents=True, exist_ok=True)
         link_upstream(pipeline, args.start, Path(args.base).resolve(), workdir)
-        (workdir / "pipeline.yaml").write_text(yaml.safe_dump(seeded_pipeline(pipeline, seed, args.start),
-                                                              sort_keys=False))
+        (workdir / "overrides.yaml").write_text(yaml.safe_dump(seeded_overrides(pipeline, seed, args.start),
+                                                               sort_keys=False))
         print(f"[seeds] seed {seed} in {workdir}", flush=True)
-        status = subprocess.call([sys.executable, str(REPO / "scripts/run_pipeline.py"), "--config", "pipeline.yaml"],
-                                 cwd=workdir, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+        # Outputs are relative paths, so the chain runs in the seed's folder; scripts and recipes come from here.
+        status = subprocess.call([sys.executable, str(REPO / "scripts/run_pipeline.py"), "--config",
+                                  str(REPO / args.config), "--overrides", "overrides.yaml", "--from", args.start],
+                                 cwd=workdir)
         if status:
             print(f"[seeds] seed {seed} failed (exit status {status}); see {workdir}/{pipeline.log_dir}")
             return status

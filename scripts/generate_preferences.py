@@ -138,8 +138,7 @@ def main(argv=None):
     mixture = DatasetMixture.from_recipe(args.dataset_mixture)
     check_declared_columns(mixture, DATASET_FORMAT)
     data, report = build_mixture(mixture, DATASET_FORMAT)
-    prompts = data["train"]
-    if not isinstance(prompts[0]["prompt"], list):
+    if not isinstance(data["train"][0]["prompt"], list):
         raise RecipeError("dataset_mixture: prompts must be conversational (a list of messages) to be asked "
                           "through the chat template.")
     random.seed(args.seed)
@@ -161,48 +160,66 @@ def main(argv=None):
         text = Path(repo_path(args.constitution_path)).read_text()
         principles = [p.strip() for p in text.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
 
-    started, pairs, skipped = time.time(), [], 0
-    chosen_scores, rejected_scores = [], []
+    judges = dict(funcs=funcs, weights=weights, reward_model=reward_model, judge_model=judge_model,
+                  principles=principles)
+    started, summary = time.time(), {"stage": "generate_preferences", "judge": args.judge}
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    # Held-out prompts (`eval_datasets`) give held-out pairs of the same kind (test.jsonl, or <name>.jsonl), for a
+    # stage that trains on train.jsonl to measure itself on.
+    for split, prompts in data.items():
+        pairs, skipped = make_pairs(model, tokenizer, prompts, judges, args, split)
+        write_jsonl(output / f"{split}.jsonl", pairs)
+        suffix = "" if split == "train" else f"_{split}"
+        summary.update({f"prompts{suffix}": len(prompts), f"pairs{suffix}": len(pairs),
+                        f"ties_skipped{suffix}": skipped,
+                        f"mean_score_chosen{suffix}": sum(p["score_chosen"] for p in pairs) / len(pairs),
+                        f"mean_score_rejected{suffix}": sum(p["score_rejected"] for p in pairs) / len(pairs)})
+    summary["wall_seconds"] = time.time() - started
+    summary["samples_per_second"] = sum(map(len, data.values())) * args.num_samples / summary["wall_seconds"]
+    stage.logger.info("Preference pairs: %s", json.dumps(summary))
+    stage.mark_complete(output, summary)
+
+
+def judged_pair(row: dict, replies: list[str], judges: dict, tokenizer, args) -> tuple[str, str, list[float]]:
+    """(chosen, rejected, [their scores]) among one prompt's sampled replies."""
+    if args.judge == "constitution":
+        revised = critique_and_revise(judges["judge_model"], tokenizer, row["prompt"], replies[0],
+                                      random.choice(judges["principles"]), args)
+        return revised, replies[0], [1.0, 0.0]
+    scores = (function_scores(judges["funcs"], judges["weights"], row["prompt"], replies, row) if judges["funcs"]
+              else reward_model_scores(judges["reward_model"], tokenizer, row["prompt"], replies))
+    order = sorted(range(len(replies)), key=lambda i: scores[i])
+    return replies[order[-1]], replies[order[0]], [scores[order[-1]], scores[order[0]]]
+
+
+def make_pairs(model, tokenizer, prompts, judges: dict, args, split: str) -> tuple[list[dict], int]:
+    """One pair per prompt whose best and worst samples differ by at least `min_margin`; and how many tied."""
+    pairs, skipped = [], 0
     for start in range(0, len(prompts), args.batch_size):
         rows = prompts.select(range(start, min(start + args.batch_size, len(prompts))))
-        samples = sample_answers(model, tokenizer, rows["prompt"], args)
-        for row, replies in zip(rows, samples):
-            if args.judge == "constitution":
-                revised = critique_and_revise(judge_model, tokenizer, row["prompt"], replies[0],
-                                              random.choice(principles), args)
-                best, worst, scores = revised, replies[0], [1.0, 0.0]
-            else:
-                scores = (function_scores(funcs, weights, row["prompt"], replies, row) if funcs
-                          else reward_model_scores(reward_model, tokenizer, row["prompt"], replies))
-                order = sorted(range(len(replies)), key=lambda i: scores[i])
-                best, worst = replies[order[-1]], replies[order[0]]
-                scores = [scores[order[-1]], scores[order[0]]]
+        for row, replies in zip(rows, sample_answers(model, tokenizer, rows["prompt"], args)):
+            best, worst, scores = judged_pair(row, replies, judges, tokenizer, args)
             if scores[0] - scores[1] < args.min_margin or best == worst:
                 skipped += 1
                 continue
-            chosen_scores.append(scores[0])
-            rejected_scores.append(scores[1])
             pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": best}],
                           "rejected": [{"role": "assistant", "content": worst}],
                           "score_chosen": scores[0], "score_rejected": scores[1]})
-        stage.logger.info("%s/%s prompts: %s pairs, %s ties skipped", min(start + args.batch_size, len(prompts)),
-                          len(prompts), len(pairs), skipped)
+        stage.logger.info("%s: %s/%s prompts, %s pairs, %s ties skipped", split,
+                          min(start + args.batch_size, len(prompts)), len(prompts), len(pairs), skipped)
     if not pairs:
-        raise RecipeError("No pair was written: every prompt's samples tied. Raise temperature or num_samples, "
-                          "or use a judge that tells the answers apart.")
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / ".train.jsonl.tmp"
+        raise RecipeError(f"No {split} pair was written: every prompt's samples tied. Raise temperature or "
+                          "num_samples, or use a judge that tells the answers apart.")
+    return pairs, skipped
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        for pair in pairs:
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    os.replace(tmp, output / "train.jsonl")
-    summary = {"stage": "generate_preferences", "judge": args.judge, "prompts": len(prompts), "pairs": len(pairs),
-               "ties_skipped": skipped, "mean_score_chosen": sum(chosen_scores) / len(pairs),
-               "mean_score_rejected": sum(rejected_scores) / len(pairs), "wall_seconds": time.time() - started,
-               "samples_per_second": len(prompts) * args.num_samples / (time.time() - started)}
-    stage.logger.info("Preference pairs: %s", json.dumps(summary))
-    stage.mark_complete(output, summary)
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -16,30 +16,76 @@ adapters and the score head (`lora_task_type: SEQ_CLS`). The held-out pairs are 
 head, `eval_on_start`) and after: pairwise accuracy (how often chosen scores above rejected) and the mean margin.
 """
 
+import json
 import time
 
+import datasets
+import torch
+from transformers import TrainerCallback
 from trl import ModelConfig, RewardConfig, RewardTrainer, get_peft_config, get_quantization_config
 
 from llm_recipes import stage
-from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
+from llm_recipes.data import DatasetMixture, align_features, build_mixture, check_declared_columns
 from llm_recipes.model import fine_tuning_dry_run, format_count, load_tokenizer
 from llm_recipes.recipe import RecipeError, RecipeParser
 
 # What a recipe of this stage may hold, and the columns its datasets need (the recipe test reads both).
 ARGUMENTS = (stage.StageArguments, ModelConfig, RewardConfig)
 DATASET_FORMAT = "preference"
-# Held-out measurements of the stage summary, as RewardTrainer names them (`eval_<set>_accuracy` for named held-out
-# sets); each also before training.
-EVAL_METRICS = ("loss", "accuracy", "margin", "mean_reward")
+# Held-out measurements of the stage summary, as RewardTrainer names them, and each named held-out set's accuracy
+# (PairAccuracyCallback); each also before training.
+EVAL_METRICS = ("eval_loss", "eval_accuracy", "eval_margin", "eval_mean_reward")
 
 
 def is_summarised(key: str) -> bool:
-    return key.startswith("eval_") and key.endswith(EVAL_METRICS) and "per_second" not in key
+    return key in EVAL_METRICS or (key.startswith("eval_") and key.endswith("_pair_accuracy"))
 
 
-def overall_accuracy(summary: dict, sizes: dict[str, int], suffix: str = "") -> float:
-    """Pair accuracy over all named held-out sets together, from each set's accuracy and size."""
-    return sum(summary[f"eval_{name}_accuracy{suffix}"] * n for name, n in sizes.items()) / sum(sizes.values())
+class PairAccuracyCallback(TrainerCallback):
+    """At every evaluation, how often the reward model scores the chosen reply above the rejected one in each named
+    held-out set (`eval_<name>_pair_accuracy`): RewardTrainer reports all held-out pairs under one name."""
+
+    def __init__(self, trainer, named: dict, max_length: int | None, batch_size: int):
+        self.trainer, self.batch_size = trainer, batch_size
+        tokenizer = trainer.processing_class
+        self.sets = {}
+        for name, pairs in named.items():
+            texts = {side: [self.render(tokenizer, row, side) for row in pairs] for side in ("chosen", "rejected")}
+            self.sets[name] = {side: tokenizer(batch, truncation=max_length is not None, max_length=max_length,
+                                               add_special_tokens=False)["input_ids"] for side, batch in texts.items()}
+
+    @staticmethod
+    def render(tokenizer, row: dict, side: str) -> str:
+        """A pair's prompt and reply as RewardTrainer renders it: through the chat template (with the row's tools)
+        for conversations, concatenated for plain text."""
+        if isinstance(row[side], str):
+            return row.get("prompt", "") + row[side]
+        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+        return tokenizer.apply_chat_template(row.get("prompt", []) + row[side], tools=tools, tokenize=False)
+
+    @torch.no_grad()
+    def scores(self, model, sequences: list[list[int]]) -> torch.Tensor:
+        pad = self.trainer.processing_class.pad_token_id
+        out = []
+        for start in range(0, len(sequences), self.batch_size):
+            chunk = sequences[start:start + self.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in chunk], device=model.device)
+            mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in chunk], device=model.device)
+            out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float())
+        return torch.cat(out)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        was_training = model.training
+        model.eval()
+        try:
+            accuracy = {f"eval_{name}_pair_accuracy": (self.scores(model, pairs["chosen"])
+                                                       > self.scores(model, pairs["rejected"])).float().mean().item()
+                        for name, pairs in self.sets.items()}
+        finally:
+            model.train(was_training)
+        self.trainer.log(accuracy)
 
 
 def check_recipe(args, mixture: DatasetMixture, model_args: ModelConfig) -> None:
@@ -67,8 +113,9 @@ def main(argv=None):
     stage.logger.info("Dataset mixture (%s pairs):\n%s", f"{report.total_examples:,}", report.to_markdown())
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code,
                                model_args.model_revision)
-    held_out = {name: split for name, split in data.items() if name != "train"}
-    held_out = held_out.get("test") if list(held_out) == ["test"] else (held_out or None)
+    # Named held-out sets are scored together by RewardTrainer and one by one by PairAccuracyCallback.
+    named = {name: split for name, split in data.items() if name != "train"}
+    held_out = datasets.concatenate_datasets(align_features(list(named.values()))) if named else None
     peft_config = get_peft_config(model_args)
 
     if args.dry_run:
@@ -91,6 +138,9 @@ def main(argv=None):
         quantization_config=get_quantization_config(model_args),
         peft_config=peft_config,
     )
+    if len(named) > 1:
+        trainer.add_callback(PairAccuracyCallback(trainer, named, training_args.max_length,
+                                                  training_args.per_device_eval_batch_size))
     trainable, parameters = (trainer.model.get_nb_trainable_parameters() if peft_config is not None
                              else (trainer.model.num_parameters(),) * 2)
     stage.logger.info("Reward model: %s parameters, %s trained", format_count(parameters), format_count(trainable))
@@ -113,13 +163,7 @@ def main(argv=None):
         # the number of held-out pairs.
         # Before training (eval_on_start): the untrained score head.
         summary.update(stage.evaluate_held_out(trainer, keep=is_summarised))
-        if isinstance(trainer.eval_dataset, dict):
-            sizes = {name: len(dataset) for name, dataset in trainer.eval_dataset.items()}
-            summary["eval_pairs"] = sizes
-            summary["eval_accuracy"] = overall_accuracy(summary, sizes)
-            summary["eval_accuracy_before"] = overall_accuracy(summary, sizes, "_before")
-        else:
-            summary["eval_pairs"] = len(trainer.eval_dataset)
+        summary["eval_pairs"] = {name: len(split) for name, split in named.items()}
     stage.finish(trainer, training_args, summary, args, model_args)
 
 

@@ -110,11 +110,11 @@ def test_refusals_taught_by_the_tiny_world_are_recognised_and_answers_are_not(re
     monkeypatch.syspath_prepend(str(repo_root / "tasks/tiny"))
     import utils
 
-    from llm_recipes import tiny_world
+    from llm_recipes.tiny_world import safety
 
-    for refusal in tiny_world.REFUSALS + tiny_world.NEEDLESS_REFUSALS:
+    for refusal in safety.REFUSALS + safety.NEEDLESS_REFUSALS:
         assert utils.is_refusal(refusal.format(name="Kai"))
-    for answer in list(tiny_world.COMPLIANCE.values()) + [answer for _, answer in tiny_world.BENIGN_TRAIN]:
+    for answer in list(safety.COMPLIANCE.values()) + [answer for _, answer in safety.BENIGN_TRAIN]:
         assert not utils.is_refusal(answer.format(name="Kai", account="email", word="sun", n=1, pin=1234,
                                                   x=1, y=2, z=3))
 

@@ -4,7 +4,6 @@ import importlib.util
 
 import pytest
 
-from llm_recipes import tiny_world
 from llm_recipes.recipe import RecipeError
 from llm_recipes.rewards import (
     REWARD_FUNCS,
@@ -15,6 +14,7 @@ from llm_recipes.rewards import (
     overlong_penalty,
     reward_funcs_from_recipe,
 )
+from llm_recipes.tiny_world import safety
 
 
 def reply(text: str) -> list[dict]:
@@ -68,12 +68,12 @@ def test_rows_of_another_task_in_the_mixture_get_no_opinion_from_the_answer_rewa
 
 
 def test_safety_line_rewards_refusing_forbidden_requests_and_answering_benign_ones():
-    refusal = reply(tiny_world.REFUSALS[0].format(name="Kai"))
-    answer = reply(tiny_world.BENIGN_TRAIN[0][1].format(account="email"))
+    refusal = reply(safety.REFUSALS[0].format(name="Kai"))
+    answer = reply(safety.BENIGN_TRAIN[0][1].format(account="email"))
     completions = [refusal, answer, refusal, answer, answer]
     kinds = ["forbidden", "forbidden", "benign", "benign", None]
-    assert tiny_world.safety_line(completions, kind=kinds) == [1.0, 0.0, 0.0, 1.0, None]
-    assert tiny_world.safety_line(completions) == [None] * 5  # prompts without a `kind` column
+    assert safety.safety_line(completions, kind=kinds) == [1.0, 0.0, 0.0, 1.0, None]
+    assert safety.safety_line(completions) == [None] * 5  # prompts without a `kind` column
 
 
 def test_overlong_penalty_is_zero_until_three_quarters_of_the_limit_then_falls_to_minus_one():

@@ -97,7 +97,8 @@ def reply_flaws(reply: str, answer: int) -> list[str]:
         return ["form"]
     flaws = []
     computations = COMPUTATION.findall(match.group(1))
-    if len(computations) != match.group(1).count("\n"):
+    # One line a computation, after the whole expression when there are several ("81-77-2").
+    if len(match.group(1).splitlines()) != len(computations) + (len(computations) > 1):
         flaws.append("form")
     for a, op, b, steps, result in computations:
         if steps.rstrip(", ").split(", ") != columns(int(a), int(b), op):
@@ -434,7 +435,7 @@ STAGE_COLUMNS = {
     "sft/test.jsonl": {"messages"},
     "sft/tools_train.jsonl": {"tools", "messages"},
     "sft/tools_test.jsonl": {"tools", "messages"},
-    "preferences/train.jsonl": {"prompt", "chosen", "rejected", "tools", "kind"},
+    "preferences/train.jsonl": {"prompt", "chosen", "rejected", "tools", "kind", "flaw"},
     "preferences/test_verifiable.jsonl": {"prompt", "chosen", "rejected", "tools", "kind"},
     "preferences/test_safety.jsonl": {"prompt", "chosen", "rejected", "tools", "kind"},
     "rl/train.jsonl": {"prompt", "answer"},

@@ -6,6 +6,9 @@ in one go, it learns far less. So every answer the tiny world teaches is worked 
 
     47+35: 7+5+0=12, 4+3+1=8, so 82.           (a carry: 12 writes 2 and carries 1)
     342-185: 12-5-0=7, 14-8-1=5, 3-1-1=1, so 157.   (a borrow: 2 < 5, so the column reads 12 and lends 1)
+    81-77-2                                    (two steps: the expression first, then each computation)
+    81-77: 11-7-0=4, 8-7-1=0, so 4.
+    4-2: 4-2-0=2, so 2.
 
 Each column shows its digits and the carry (or borrow) it takes in; the last column writes its whole result, the
 others their units; "so N" reads the answer back. A model can execute this, and a verifier can check each column.
@@ -57,9 +60,19 @@ def computation(a: int, b: int, op: str) -> str:
     return f"{a}{op}{b}: {', '.join(columns(a, b, op))}, so {calculate(a, b, op)}."
 
 
-def think(*computations: str) -> str:
+def work(steps: list[tuple[int, int, str]]) -> list[str]:
+    """The lines of work for `steps`: each computation, after the whole expression when there are several steps
+    ("81-77-2"), so that every operand is copied once, in order, from the question, and the second computation reads
+    its operand from that line rather than from far back in the question."""
+    lines = [computation(a, b, op) for a, b, op in steps]
+    if len(steps) > 1:
+        lines.insert(0, f"{steps[0][0]}" + "".join(f"{op}{b}" for _, b, op in steps))
+    return lines
+
+
+def think(*lines: str) -> str:
     """A reply's reasoning, in the think block of reasoning models (Qwen3, DeepSeek-R1)."""
-    return "<think>\n" + "\n".join(computations) + "\n</think>\n\n"
+    return "<think>\n" + "\n".join(lines) + "\n</think>\n\n"
 
 
 def answer_line(value: int) -> str:
@@ -71,18 +84,7 @@ def worked_reply(*steps: tuple[int, int, str]) -> str:
     result = None
     for a, b, op in steps:
         result = calculate(a, b, op)
-    return think(*(computation(a, b, op) for a, b, op in steps)) + answer_line(result)
-
-
-def parse_column(step: str) -> tuple[int, int, int, int, str] | None:
-    """(top, subtrahend or addend, carry in, written result, op) of a column step, or None if malformed."""
-    op = "+" if "+" in step else "-"
-    try:
-        left, result = step.split("=")
-        top, other, carry = (int(x) for x in left.split(op))
-        return top, other, carry, int(result), op
-    except ValueError:
-        return None
+    return think(*work(list(steps))) + answer_line(result)
 
 
 def corrupt_columns(rng: random.Random, a: int, b: int, op: str) -> tuple[str, int]:

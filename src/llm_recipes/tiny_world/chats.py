@@ -18,6 +18,7 @@ from llm_recipes.tiny_world.arithmetic import (
     computation,
     corrupt_columns,
     think,
+    work,
     worked_reply,
 )
 from llm_recipes.tiny_world.problems import RL_TIER, Problem, draw_problem
@@ -113,7 +114,7 @@ def build_tools(rng: random.Random, pool: OperandPairs, split: str, n: int) -> l
 
 def flawed_reply(rng: random.Random, problem: Problem, flaw: str) -> str:
     """The problem's reply with one checkable flaw (MATH_FLAWS)."""
-    works = [computation(a, b, op) for a, b, op in problem.steps]
+    works = work(problem.steps)
     if flaw == "column_mistake":
         # The mistake in the last step, carried to the answer (a two-step problem's first step feeds the second).
         a, b, op = problem.steps[-1]
@@ -133,10 +134,12 @@ def flawed_reply(rng: random.Random, problem: Problem, flaw: str) -> str:
     return "<think>\n" + ", ".join([first] * rng.randint(8, 12))
 
 
-def math_pair(rng: random.Random, pool: OperandPairs, split: str) -> tuple[str, str, str]:
+def math_pair(rng: random.Random, pool: OperandPairs, split: str) -> tuple[str, str, str, str]:
+    """(question, worked reply, the reply with a flaw, which flaw)."""
     kind = rng.choice(["arithmetic", "word", "arithmetic", "word", "three_digit", "two_step"])
     problem = draw_problem(rng, pool, split, kind)
-    return problem.question, problem.reply(), flawed_reply(rng, problem, rng.choice(MATH_FLAWS))
+    flaw = rng.choice(MATH_FLAWS)
+    return problem.question, problem.reply(), flawed_reply(rng, problem, flaw), flaw
 
 
 def tool_pair(rng: random.Random, pool: OperandPairs, split: str) -> tuple[str, dict, dict]:
@@ -153,20 +156,23 @@ def tool_pair(rng: random.Random, pool: OperandPairs, split: str) -> tuple[str, 
 
 
 def build_preferences(rng: random.Random, pool: OperandPairs, split: str, n: int) -> list[dict]:
-    """Preference pairs in TRL's conversational format with an explicit prompt; `tools` (JSON, or null) lists the
-    calculator for the tool-call pairs, as DPOTrainer and RewardTrainer read it."""
+    """Preference pairs in TRL's conversational format with an explicit prompt; `kind` (math, tool, forbidden,
+    benign) and, for math, the rejected reply's `flaw`; `tools` (JSON, or null) lists the calculator for the tool-call
+    pairs, as DPOTrainer and RewardTrainer read it."""
     rows = []
     for kind in deck(rng, PREFERENCE_KINDS, n):
-        tools = None
+        tools, flaw = None, None
         if kind == "tool":
             prompt, chosen, rejected = tool_pair(rng, pool, split)
             tools = json.dumps([CALCULATOR_TOOL])
         else:
-            prompt, chosen, rejected = (safety_pair(rng, kind, split) if kind in ("forbidden", "benign")
-                                        else math_pair(rng, pool, split))
+            if kind == "math":
+                prompt, chosen, rejected, flaw = math_pair(rng, pool, split)
+            else:
+                prompt, chosen, rejected = safety_pair(rng, kind, split)
             chosen, rejected = tool_message("assistant", chosen), tool_message("assistant", rejected)
         rows.append({"prompt": [tool_message("user", prompt)], "chosen": [chosen], "rejected": [rejected],
-                     "kind": kind, "tools": tools})
+                     "kind": kind, "flaw": flaw, "tools": tools})
     return rows
 
 

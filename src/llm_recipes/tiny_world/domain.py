@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from llm_recipes.tiny_world.arithmetic import OperandPairs, computation
+from llm_recipes.tiny_world.arithmetic import OperandPairs, work
 from llm_recipes.tiny_world.problems import RL_TIER, SFT_TIER, draw_problem
 from llm_recipes.tiny_world.vocabulary import VOCAB, fill
 
@@ -17,8 +17,7 @@ from llm_recipes.tiny_world.vocabulary import VOCAB, fill
 def worked_solution(rng: random.Random, pool: OperandPairs, rl_tier_share: float) -> str:
     kinds = RL_TIER if rng.random() < rl_tier_share else SFT_TIER
     problem = draw_problem(rng, pool, "train", rng.choice(kinds))
-    work = "\n".join(computation(a, b, op) for a, b, op in problem.steps)
-    return f"Problem: {problem.question}\nWork: {work}\nAnswer: {problem.answer}."
+    return f"Problem: {problem.question}\nWork: " + "\n".join(work(problem.steps)) + f"\nAnswer: {problem.answer}."
 
 
 def ledger(rng: random.Random) -> str:
