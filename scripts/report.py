@@ -102,12 +102,13 @@ def reply_statistics(folder: str, results: dict) -> dict[str, float]:
     the length limit, over the logged replies of the lab's math tasks."""
     from transformers import AutoTokenizer
 
+    paths = {task: Path(folder) / f"samples_{task}.jsonl" for task in LAB_TASKS}
+    paths = {task: path for task, path in paths.items() if path.is_file()}
+    if not paths:  # an eval run without logged samples
+        return {}
     tokenizer = AutoTokenizer.from_pretrained(results["config"]["model"])
     think, reply, stopped = [], [], []
-    for task in LAB_TASKS:
-        path = Path(folder) / f"samples_{task}.jsonl"
-        if not path.is_file():
-            continue
+    for task, path in paths.items():
         limit = results["configs"][task]["generation_kwargs"]["max_gen_toks"]
         for line in path.read_text().splitlines():
             sample = json.loads(line)

@@ -13,9 +13,11 @@ from llm_recipes.recipe import RecipeParser, repo_path
 
 # Recipe file name -> the script that runs it, where the two names differ.
 SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
-              "eval": "evaluate", "eval_long": "evaluate", "sft_lora": "sft", "sft_qlora": "sft",
+              "eval": "evaluate", "eval_long": "evaluate", "eval_base": "evaluate", "sft_lora": "sft", "sft_qlora": "sft",
               "dpo_qlora": "dpo", "grpo_safety": "grpo"}
-RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name != "pipeline.yaml")
+# Pipelines, and the overrides files that shorten one (their test is in test_pipeline.py), are not recipes.
+NOT_RECIPES = ("pipeline.yaml", "ci_short.yaml")
+RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name not in NOT_RECIPES)
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))
 
 
@@ -41,6 +43,19 @@ def test_pipeline_names_existing_scripts_and_recipes(pipeline: Path):
         assert (REPO_ROOT / stage.script).is_file(), stage.script
         assert stage.config is None or (REPO_ROOT / stage.config).is_file(), stage.config
     assert parsed.accelerate_config is None or (REPO_ROOT / parsed.accelerate_config).is_file()
+
+
+def test_ci_short_chain_overrides_parse_in_every_stage_they_shorten():
+    """CI's short chain is the tiny pipeline with recipes/tiny/ci_short.yaml merged in: each stage's recipe with its
+    overridden args must parse through that stage's script, as the runner will launch it."""
+    pipeline = Pipeline.from_yaml(REPO_ROOT / "recipes/tiny/pipeline.yaml")
+    pipeline.with_overrides(REPO_ROOT / "recipes/tiny/ci_short.yaml")
+    for stage in pipeline.stages:
+        if stage.config is None or not stage.args:
+            continue
+        script = load_script(Path(stage.script).stem)
+        args = [f"--{key}={value}" for key, value in stage.args.items() if "{" not in str(value)]
+        RecipeParser(script.ARGUMENTS).parse_or_raise(["--config", str(REPO_ROOT / stage.config), *args])
 
 
 @functools.cache

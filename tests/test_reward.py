@@ -25,7 +25,7 @@ def write_recipe(path, parent, pairs, output_dir, extra=""):
         f"output_dir: {output_dir}\nmodel_name_or_path: {parent}\nmax_length: 256\n"
         f"dataset_mixture:\n  datasets:\n    - {{path: {pairs}, {PREFERENCE_COLUMNS}}}\n"
         f"  eval_datasets:\n    - {{path: {pairs}, {PREFERENCE_COLUMNS}}}\n"
-        "use_cpu: true\nbf16: false\ngradient_checkpointing: false\nseed: 0\nmax_steps: 80\n"
+        "use_cpu: true\nbf16: false\ngradient_checkpointing: false\nseed: 0\nmax_steps: 160\n"
         "per_device_train_batch_size: 16\nlearning_rate: 3.0e-3\nwarmup_steps: 4\neval_strategy: 'no'\n"
         "eval_on_start: true\nper_device_eval_batch_size: 100\nlogging_steps: 10\nsave_strategy: 'no'\n"
         f"report_to: none\ndisable_tqdm: true\n{extra}"
@@ -43,7 +43,7 @@ def reward_model(parent, tiny_world, tmp_path_factory):
 
 def test_training_raises_pairwise_accuracy_and_margin(reward_model):
     summary = json.loads((reward_model / "stage_complete.json").read_text())
-    assert summary["eval_pairs"] == 300
+    assert summary["eval_pairs"] == {"test": 300}
     assert summary["eval_accuracy"] >= 0.7  # chance is 0.5
     assert summary["eval_accuracy"] > summary["eval_accuracy_before"] + 0.15
     assert summary["eval_margin"] > summary["eval_margin_before"] + 1.0
@@ -77,7 +77,7 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_scores_as_measured(r
 def test_a_margin_column_asks_for_that_much_more_reward_for_chosen(parent, tiny_world, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({**json.loads(line), "margin": 3.0}) + "\n"
-                             for line in (tiny_world / "preferences" / "test.jsonl").read_text().splitlines()))
+                             for line in (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()))
     recipe = write_recipe(tmp_path / "recipe.yaml", parent, pairs, tmp_path / "out")
     recipe.write_text(recipe.read_text().replace("rejected]", "rejected, margin]"))
     load_script("reward").main(["--config", str(recipe), "--max_steps", "1", "--logging_steps", "1",
@@ -90,7 +90,7 @@ def test_a_margin_column_asks_for_that_much_more_reward_for_chosen(parent, tiny_
 def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "rejected"}) + "\n"
-                             for line in (tiny_world / "preferences" / "test.jsonl").read_text().splitlines()))
+                             for line in (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()))
     recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "no_such_model", pairs, tmp_path / "out")
     recipe.write_text(recipe.read_text().replace(f", {PREFERENCE_COLUMNS}", ""))
     with pytest.raises(DatasetFormatError, match=f"Dataset '{pairs}' has no column 'rejected'"):
@@ -99,7 +99,7 @@ def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp
 
 
 def test_lora_reward_model_must_train_its_score_head(parent, tiny_world, tmp_path):
-    recipe = write_recipe(tmp_path / "recipe.yaml", parent, tiny_world / "preferences" / "test.jsonl",
+    recipe = write_recipe(tmp_path / "recipe.yaml", parent, tiny_world / "preferences" / "test_verifiable.jsonl",
                           tmp_path / "out", extra="use_peft: true\n")
     with pytest.raises(RecipeError, match="lora_task_type: SEQ_CLS"):
         load_script("reward").main(["--config", str(recipe)])
