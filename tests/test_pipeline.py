@@ -126,3 +126,12 @@ def test_an_override_for_an_unknown_stage_names_the_closest_one(workdir):
     (workdir / "short.yaml").write_text("stages:\n  secnd: {mode: ok}\n")
     with pytest.raises(RecipeError, match="Did you mean 'second'"):
         make_pipeline(workdir).with_overrides(workdir / "short.yaml")
+
+
+def test_a_list_arg_is_given_as_separate_values(workdir):
+    from llm_recipes.pipeline import command
+
+    pipeline = make_pipeline(workdir)
+    pipeline.stages[2].args = {"reward_weights": [1.0, 0.5], "upstream": "{second}"}
+    cmd = command(pipeline, pipeline.stages[2], {s.name: s.output_dir for s in pipeline.stages})
+    assert cmd[-5:] == ["--reward_weights", "1.0", "0.5", "--upstream", "out/second"]

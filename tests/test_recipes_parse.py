@@ -54,7 +54,8 @@ def test_ci_short_chain_overrides_parse_in_every_stage_they_shorten():
         if stage.config is None or not stage.args:
             continue
         script = load_script(Path(stage.script).stem)
-        args = [f"--{key}={value}" for key, value in stage.args.items() if "{" not in str(value)]
+        args = [token for key, value in stage.args.items() if "{" not in str(value)
+                for token in (f"--{key}", *map(str, value if isinstance(value, list) else [value]))]
         RecipeParser(script.ARGUMENTS).parse_or_raise(["--config", str(REPO_ROOT / stage.config), *args])
 
 

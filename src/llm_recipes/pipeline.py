@@ -132,7 +132,9 @@ def command(pipeline: Pipeline, stage: Stage, outputs: dict[str, str]) -> list[s
         cmd += ["--config", repo_path(stage.config)]
     cmd += ["--output_dir", stage.output_dir]
     for key, value in stage.args.items():
-        cmd += [f"--{key}", resolve(value, outputs)]
+        # A list is given as the parser takes one (`--reward_weights 1.0 0.5`), not as its Python repr.
+        values = value if isinstance(value, list) else [value]
+        cmd += [f"--{key}", *(resolve(v, outputs) for v in values)]
     return cmd
 
 
