@@ -104,9 +104,10 @@ def reply_statistics(folder: str, results: dict) -> dict[str, float]:
 
     paths = {task: Path(folder) / f"samples_{task}.jsonl" for task in LAB_TASKS}
     paths = {task: path for task, path in paths.items() if path.is_file()}
-    if not paths:  # an eval run without logged samples
+    model = results.get("config", {}).get("model")
+    if not paths or not isinstance(model, str):  # no logged samples, or no checkpoint to count tokens with
         return {}
-    tokenizer = AutoTokenizer.from_pretrained(results["config"]["model"])
+    tokenizer = AutoTokenizer.from_pretrained(model)
     think, reply, stopped = [], [], []
     for task, path in paths.items():
         limit = results["configs"][task]["generation_kwargs"]["max_gen_toks"]
@@ -277,7 +278,36 @@ def sample_answers(checkpoints, count: int = 4) -> str:
     return "\n".join(blocks)
 
 
-def write_report(pipeline: Pipeline, output_dir: Path) -> Path:
+# The numbers a seeds run (bench/seeds.py) is quoted by: `stage/key` names ending in one of these.
+SEED_HEADLINES = ("tiny_sft_tier", "tiny_rl_tier", "tiny_passkey", "tiny_safety_refusal", "tiny_safety_overrefusal",
+                  "tiny_tool_call", "eval_pass@1_before", "eval_pass@1", "eval_pass@8_before", "eval_pass@8",
+                  "eval_greedy_accuracy_before", "eval_greedy_accuracy", "eval_kl", "pair_accuracy",
+                  "eval_accuracy", "eval_preference_accuracy_before", "eval_preference_accuracy")
+
+
+def seeds_table(summary_path: Path) -> str:
+    """The headline numbers of a seeds run: each seed's value, and mean ± sample sd across the seeds."""
+    import statistics
+
+    per_seed = json.loads(summary_path.read_text())
+    seeds = sorted(per_seed, key=int)
+    keys = [k for k in dict.fromkeys(k for values in per_seed.values() for k in values)
+            if k.endswith(SEED_HEADLINES) and not k.startswith("export/")]
+    lines = [f"{len(seeds)} seeds ({summary_path}); tiers and pass@k in %.\n",
+             "| measurement | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "|---|" + "---:|" * (len(seeds) + 1)]
+    for key in keys:
+        values = [per_seed[s].get(key) for s in seeds]
+        present = [v for v in values if v is not None]
+        scale, form = (1, "{:.3f}") if key.endswith("eval_kl") else (100, "{:.1f}")
+        spread = statistics.stdev(present) * scale if len(present) > 1 else 0.0
+        cells = ["–" if v is None else form.format(v * scale) for v in values]
+        mean = form.format(statistics.fmean(present) * scale)
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {mean} ± {form.format(spread)} |")
+    return "\n".join(lines)
+
+
+def write_report(pipeline: Pipeline, output_dir: Path, seeds_summary: Path | None = None) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = evaluated_checkpoints(pipeline)
     table, values = scores_table(checkpoints) if checkpoints else ("No evaluated checkpoint yet.", {})
@@ -291,6 +321,8 @@ def write_report(pipeline: Pipeline, output_dir: Path) -> Path:
     lab = lab_table(checkpoints)
     if lab:
         parts += ["## The lab: base, fine-tuned and RL-trained models on held-out math\n", lab]
+    if seeds_summary is not None:
+        parts += ["## Across training seeds (bench/seeds.py)\n", seeds_table(seeds_summary), ""]
     parts += ["## Scores by checkpoint\n", table, ""]
     if values:
         parts += ["![scores](scores.png)\n"]
@@ -312,9 +344,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", required=True, help="The pipeline file whose stages are reported.")
     parser.add_argument("--output_dir", required=True, help="Folder for report.md and its plots.")
+    parser.add_argument("--seeds_summary", help="summary.json of a seeds run (bench/seeds.py): its headline numbers "
+                        "as mean ± sd across seeds.")
     args = parser.parse_args(argv)
     stage.setup_logging()
-    report = write_report(Pipeline.from_yaml(repo_path(args.pipeline)), Path(args.output_dir))
+    seeds = Path(args.seeds_summary) if args.seeds_summary else None
+    if seeds is not None and not seeds.is_file():
+        raise SystemExit(f"error: --seeds_summary {seeds} does not exist; run bench/seeds.py first.")
+    report = write_report(Pipeline.from_yaml(repo_path(args.pipeline)), Path(args.output_dir), seeds)
     stage.logger.info("Report card: %s", report)
     print(report.read_text())
     stage.mark_complete(args.output_dir, {"stage": "report", "report": str(report)})

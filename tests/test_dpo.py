@@ -137,8 +137,9 @@ def test_lora_adapter_reloads_with_peft_and_is_the_model_measured(lora_run, pare
 
 def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp_path):
     broken = tmp_path / "pairs.jsonl"
+    held_out = (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()
     broken.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "rejected"}) + "\n"
-                             for line in (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()))
+                              for line in held_out))
     recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "no_such_model", broken, tmp_path / "out")
     recipe.write_text(recipe.read_text().replace(f", {PREFERENCE_COLUMNS}", ""))
     with pytest.raises(DatasetFormatError, match=f"Dataset '{broken}' has no column 'rejected'"):

@@ -173,8 +173,15 @@ def test_report_card_tabulates_every_evaluated_checkpoint(tmp_path, monkeypatch)
         " args: {model_name_or_path: '{base}'}}\n"
         "  - {name: eval_sft, script: scripts/evaluate.py, output_dir: eval/sft,"
         " args: {model_name_or_path: '{sft}'}}\n")
-    load_script("report").main(["--pipeline", str(pipeline), "--output_dir", "report"])
+    # A seeds run's numbers: each seed's value and mean ± sd, the lab's in percent.
+    (tmp_path / "seeds.json").write_text(json.dumps({
+        "1": {"eval_sft/tiny_sft_tier": 0.90, "grpo/eval_kl": 0.03, "sft/eval_loss": 1.0},
+        "2": {"eval_sft/tiny_sft_tier": 0.94, "grpo/eval_kl": 0.05, "sft/eval_loss": 1.1}}))
+    load_script("report").main(["--pipeline", str(pipeline), "--output_dir", "report",
+                                "--seeds_summary", "seeds.json"])
     report = (tmp_path / "report/report.md").read_text()
+    assert "| eval_sft/tiny_sft_tier | 90.0 | 94.0 | 92.0 ± 2.8 |" in report
+    assert "| grpo/eval_kl | 0.030 | 0.050 | 0.040 ± 0.014 |" in report and "sft/eval_loss" not in report
     assert "| task | metric | base | sft |" in report
     assert "| tiny_arithmetic | exact_match ↑ | 0.100 ± 0.020 | 0.800 ± 0.020 |" in report
     assert "*sft*: answer of sft" in report

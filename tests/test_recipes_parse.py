@@ -13,9 +13,9 @@ from llm_recipes.recipe import RecipeParser, repo_path
 
 # Recipe file name -> the script that runs it, where the two names differ.
 SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
-              "eval": "evaluate", "eval_long": "evaluate", "eval_base": "evaluate", "sft_lora": "sft", "sft_qlora": "sft",
-              "dpo_qlora": "dpo", "grpo_safety": "grpo"}
-# Pipelines, and the overrides files that shorten one (their test is in test_pipeline.py), are not recipes.
+              "eval": "evaluate", "eval_long": "evaluate", "eval_base": "evaluate", "sft_lora": "sft",
+              "sft_qlora": "sft", "dpo_qlora": "dpo", "grpo_safety": "grpo"}
+# Pipelines, and the overrides files that shorten one (CI's is tested below), are not recipes.
 NOT_RECIPES = ("pipeline.yaml", "ci_short.yaml")
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name not in NOT_RECIPES)
 PIPELINES = sorted((REPO_ROOT / "recipes").rglob("pipeline.yaml"))

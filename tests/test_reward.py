@@ -76,8 +76,8 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_scores_as_measured(r
 
 def test_a_margin_column_asks_for_that_much_more_reward_for_chosen(parent, tiny_world, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({**json.loads(line), "margin": 3.0}) + "\n"
-                             for line in (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()))
+    held_out = (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()
+    pairs.write_text("".join(json.dumps({**json.loads(line), "margin": 3.0}) + "\n" for line in held_out))
     recipe = write_recipe(tmp_path / "recipe.yaml", parent, pairs, tmp_path / "out")
     recipe.write_text(recipe.read_text().replace("rejected]", "rejected, margin]"))
     load_script("reward").main(["--config", str(recipe), "--max_steps", "1", "--logging_steps", "1",
@@ -89,8 +89,9 @@ def test_a_margin_column_asks_for_that_much_more_reward_for_chosen(parent, tiny_
 
 def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
+    held_out = (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()
     pairs.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "rejected"}) + "\n"
-                             for line in (tiny_world / "preferences" / "test_verifiable.jsonl").read_text().splitlines()))
+                             for line in held_out))
     recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "no_such_model", pairs, tmp_path / "out")
     recipe.write_text(recipe.read_text().replace(f", {PREFERENCE_COLUMNS}", ""))
     with pytest.raises(DatasetFormatError, match=f"Dataset '{pairs}' has no column 'rejected'"):

@@ -26,8 +26,9 @@ from llm_recipes.tiny_world.web import jaccard
 
 SMALL = 0.05
 
-# "47 + 35", "347+285", "47 plus 35", "47 minus 35", "47 take away 35"; never part of a longer number.
-EXPRESSION = re.compile(r"(?<![\d.])(\d{1,3})\s*(\+|-|plus|minus|take away)\s*(\d{1,3})(?!\d|-\d{4})")  # not a phone number
+# "47 + 35", "347+285", "47 plus 35", "47 minus 35", "47 take away 35"; never part of a longer number or of a
+# phone number ("357-555-0147").
+EXPRESSION = re.compile(r"(?<![\d.])(\d{1,3})\s*(\+|-|plus|minus|take away)\s*(\d{1,3})(?!\d|-\d{4})")
 EQUATION = re.compile(r"(?<!\d)(\d+) ?([+-]) ?(\d+) ?= ?(\d+)(?!\d)")
 # A worked computation: "47+35: 7+5+0=12, 4+3+1=8, so 82."
 COMPUTATION = re.compile(r"(\d+)([+-])(\d+): ((?:\d+[+-]\d[+-]\d=\d+, )+)so (\d+)\.")
