@@ -7,6 +7,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each of the two workers gets one core: torch, and every stage a test launches (accelerate
+# keeps OMP_NUM_THREADS when it is set), use one thread, so two trainings never fight over both cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 
@@ -66,6 +70,11 @@ def save_tiny_policy(tokenizer_path, out: Path, seed: int = 0) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiny chain first: under xdist its worker starts it at once, while the other works through the rest."""
+    items.sort(key=lambda item: item.path.name != "test_tiny_chain.py")
 
 
 @pytest.fixture(scope="session")

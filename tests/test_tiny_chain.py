@@ -105,6 +105,10 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     assert grpo["eval_reward"] > grpo["eval_reward_before"] + 0.05, grpo
     before, after = rollout_trend(state_of("grpo"), "rewards/answer_format/mean")
     assert after > before + 0.03, (before, after)
+    # PPO's six steps do not move its reward reliably: its value head starts at zero and explains none of the
+    # returns yet (explained variance ~0.00), and its rollout score rose in one seed (0.58 -> 0.84) and fell or
+    # stayed in two (0.58 -> 0.45, 0.66 -> 0.73 -> 0.63). Its direction is asserted where it has the steps:
+    # tests/test_ppo.py, test_ppo_math.py and test_multi_process.py. Here, that it ran and measured the RL tier.
     for stage in ("ppo", "grpo"):  # the RL tier measured before and after, with the KL to the parent
         summary = summary_of(stage)
         assert {"eval_pass@1_before", "eval_pass@8_before", "eval_pass@1", "eval_kl"} <= set(summary), summary
