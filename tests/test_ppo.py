@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from llm_recipes.ppo import PPOConfig, PPOTrainer
-from llm_recipes.recipe import RecipeError
+from llm_recipes.recipe import RecipeError, RecipeParser
 
 WATCHED = ("objective/scores", "objective/kl", "objective/entropy", "policy/clipfrac_avg", "policy/approxkl_avg",
            "loss/value_avg", "val/explained_variance", "response_length", "rewards/answer_accuracy",
@@ -161,7 +161,7 @@ def test_lora_policy_trains_against_itself_with_adapters_disabled(tiny_world, ti
 def test_an_unknown_reward_function_is_a_recipe_error(tiny_world, tiny_policy, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, tmp_path / "out")
     with pytest.raises(RecipeError, match="Did you mean 'answer_format'"):
-        load_script("ppo").RecipeParser(load_script("ppo").ARGUMENTS).parse_or_raise(
+        RecipeParser(load_script("ppo").ARGUMENTS).parse_or_raise(
             ["--config", str(recipe), "--reward_funcs", "answer_accuracy", "answer_formt"])
 
 

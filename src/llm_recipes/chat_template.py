@@ -133,3 +133,43 @@ def check_chat_template(
                 "(`chat_template_path`), or set `assistant_only_loss: false`."
             )
     return end_of_turn
+
+
+def use_template_file(tokenizer, training_args) -> None:
+    """Give the tokenizer the recipe's Jinja template (`chat_template_path`), if it names one."""
+    from pathlib import Path
+
+    from llm_recipes.recipe import repo_path
+
+    if not training_args.chat_template_path:
+        return
+    template = Path(repo_path(training_args.chat_template_path))
+    if template.suffix not in (".jinja", ".j2") or not template.is_file():
+        raise RecipeError(f"chat_template_path: expects a Jinja file (.jinja), got "
+                          f"{training_args.chat_template_path!r}.")
+    training_args.chat_template_path = str(template)  # SFTTrainer reads it again, from any working directory
+    tokenizer.chat_template = template.read_text()
+
+
+def generation_config_of(model_args, trust_remote_code: bool = False):
+    """The generation config the model will load with, read without loading its weights."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except OSError:  # no generation_config.json: from_pretrained derives one from the model config
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                            trust_remote_code=trust_remote_code)
+        return GenerationConfig.from_model_config(config)
+
+
+def check_turn_ending(tokenizer, model_args, training_args, trust_remote_code: bool = False) -> str:
+    """`check_chat_template` on the checkpoint's generation config and the SFT recipe's keys; log and return the
+    end-of-turn token."""
+    generation_config = generation_config_of(model_args, trust_remote_code)
+    end_of_turn = check_chat_template(tokenizer, generation_config, training_args.assistant_only_loss,
+                                      training_args.eos_token, training_args.pad_token)
+    stops = set(stop_token_ids(generation_config)) | {
+        tokenizer.convert_tokens_to_ids(training_args.eos_token or end_of_turn)}
+    logger.info("Chat template: an assistant turn ends with %s; generation stops on %s.", end_of_turn, sorted(stops))
+    return end_of_turn

@@ -78,23 +78,62 @@ def torch_dtype(name: str | None):
     return getattr(torch, name)
 
 
-def load_causal_lm(
-    model_name_or_path: str | None,
-    architecture: dict | None,
-    tokenizer: PreTrainedTokenizerBase,
-    dtype: str | None = None,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-    config_overrides: dict | None = None,
-    **load_kwargs,
-):
-    """Start from a checkpoint (`model_name_or_path`) or build a fresh model from the recipe's architecture.
+def check_quantization(model_args, training_args, stage: str, supported: bool) -> None:
+    """Refuse 4- or 8-bit base weights where they cannot train: in a stage without QLoRA, without LoRA adapters to
+    train on them, or (4-bit) without a CUDA GPU. Checked before anything is loaded."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    if not supported:
+        raise RecipeError(f"load_in_4bit / load_in_8bit: {stage} here trains full-precision (or LoRA) weights only.")
+    if not model_args.use_peft:
+        raise RecipeError("Quantized weights cannot be trained: with load_in_4bit or load_in_8bit, set "
+                          "`use_peft: true` to train a LoRA adapter on them (QLoRA).")
+    if model_args.load_in_4bit and (training_args.use_cpu or not torch.cuda.is_available()):
+        raise RecipeError("load_in_4bit: 4-bit (QLoRA) training needs a CUDA GPU with bitsandbytes, and this run has "
+                          "none. On a CPU, set `load_in_4bit: false` and train a LoRA adapter on full-precision "
+                          "weights (`use_peft: true`).")
+
+
+# Attention implementations that keep padding-free packed sequences apart: flash attention through the sequence
+# boundaries, sdpa, eager and flex through the block-diagonal mask Transformers builds from the position ids.
+PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
+
+
+def check_packing_attention(model_args, training_args) -> None:
+    """Refuse an attention implementation that would let padding-free packed sequences attend to each other."""
+    padding_free = training_args.padding_free or (
+        training_args.packing and training_args.packing_strategy in ("bfd", "bfd_split"))
+    attention = model_args.attn_implementation
+    if padding_free and attention is not None and attention not in PACKING_ATTENTION:
+        raise RecipeError(
+            f"attn_implementation: {attention!r} does not keep padding-free packed sequences apart (padding_free, "
+            f"or packing with packing_strategy {training_args.packing_strategy!r}). Use one of "
+            f"{', '.join(PACKING_ATTENTION)}, or set `padding_free: false` and `packing: false`."
+        )
+
+
+def quantized_loading(model_args, training_args) -> dict:
+    """`from_pretrained` keyword arguments for the recipe's 4- or 8-bit base weights (none without them): each
+    process loads its copy onto its own device."""
+    from trl import get_quantization_config
+
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is None:
+        return {}
+    return dict(quantization_config=quantization_config, device_map={"": training_args.local_process_index})
+
+
+def load_causal_lm(model_args, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool = False,
+                   architecture: dict | None = None, config_overrides: dict | None = None, **load_kwargs):
+    """The recipe's causal LM, from its `ModelConfig` (checkpoint, revision, dtype, attention implementation):
+    loaded from `model_name_or_path`, or built fresh from `architecture` (pretraining).
 
     `config_overrides` changes fields of a checkpoint's config before its weights are loaded, e.g. RoPE scaling
     and `max_position_embeddings` to extend the context window. `load_kwargs` go to `from_pretrained`
-    (`quantization_config`, `device_map`).
+    (`quantization_config`, `device_map`: see `quantized_loading`).
     """
+    model_name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
+    dtype, attn_implementation = model_args.dtype, model_args.attn_implementation
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
         apply_config_overrides(config, config_overrides or {})
@@ -121,10 +160,10 @@ def load_causal_lm(
     return model
 
 
-def meta_model(
-    model_name_or_path, architecture, tokenizer, trust_remote_code=False, revision=None, config_overrides=None
-):
+def meta_model(model_args, tokenizer, trust_remote_code: bool = False, architecture: dict | None = None,
+               config_overrides: dict | None = None):
     """The model's structure with no weights allocated, to size a run before spending any memory on it."""
+    model_name_or_path, revision = model_args.model_name_or_path, model_args.model_revision
     if model_name_or_path:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, revision=revision)
         apply_config_overrides(config, config_overrides or {})
@@ -189,7 +228,7 @@ def fine_tuning_dry_run(model_args, training_args, tokenizer, peft_config, trust
     ones under LoRA), memory per device, the batch and the number of steps, from the model's structure on the meta
     device. `sequences_per_example` is 2 for preference pairs (chosen and rejected); `keeps_reference` adds a
     frozen copy of the weights."""
-    model = meta_model(model_args.model_name_or_path, None, tokenizer, trust_remote_code, model_args.model_revision)
+    model = meta_model(model_args, tokenizer, trust_remote_code)
     parameters = trainable = model.num_parameters()
     if peft_config is not None:
         from peft import get_peft_model
@@ -215,4 +254,24 @@ def fine_tuning_dry_run(model_args, training_args, tokenizer, peft_config, trust
         f"training {examples}:{' ' * max(1, 15 - len(examples))}{train_examples:,}",
         f"per optimizer step:      {per_step:,} {step_unit or examples}",
         f"total steps:             {steps:,}",
+    ])
+
+
+def pretraining_dry_run(model, training_args, seq_length: int, train_blocks: int) -> str:
+    """What `--dry_run` prints for pretraining: parameters, memory per device, tokens per step and total steps, from
+    the model's structure on the meta device and the number of packed training blocks."""
+    memory = training_memory_estimate(model, training_args.per_device_train_batch_size, seq_length,
+                                      bytes_per_param=2 if (training_args.bf16 or training_args.fp16) else 4)
+    tokens_per_step = (seq_length * training_args.per_device_train_batch_size
+                       * training_args.gradient_accumulation_steps * training_args.world_size)
+    steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+        ceil_div(train_blocks * seq_length, tokens_per_step) * training_args.num_train_epochs)
+    return "\n".join([
+        f"parameters:              {format_count(memory['parameters'])}",
+        f"memory per device:       {memory['total_gib']:.2f} GiB (weights {memory['weights_gib']:.2f}, "
+        f"grads+AdamW {memory['grads_and_optimizer_gib']:.2f}, activations {memory['activations_gib']:.2f})",
+        f"devices:                 {training_args.world_size}",
+        f"tokens per optimizer step: {tokens_per_step:,}",
+        f"training blocks:         {train_blocks:,} of {seq_length} tokens",
+        f"total steps:             {steps:,} ({steps * tokens_per_step:,} tokens)",
     ])

@@ -32,6 +32,7 @@ refused: the frozen reference and reward models would need their own sharded set
 """
 
 import json
+import logging
 import math
 import os
 import time
@@ -57,7 +58,9 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
-from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe
+from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe, reward_help
+
+logger = logging.getLogger(__name__)
 
 PPO_STATE = "ppo_state.json"  # the KL coefficient (adaptive), kept in every checkpoint
 VALUE_MODEL_DIR = "value_model"
@@ -211,9 +214,7 @@ class PPOConfig(TrainingArguments):
     # Rewards
     reward_funcs: list[str] = field(
         default_factory=lambda: ["answer_accuracy"],
-        metadata={"help": "What scores a reply: names of reward functions (llm_recipes.rewards.REWARD_FUNCS: "
-                  "answer_accuracy, answer_format, overlong_penalty, accuracy, think_format) and/or paths of reward "
-                  "models (a folder or Hub id of a sequence-classification model with one output)."},
+        metadata={"help": reward_help()},
     )
     reward_weights: list[float] | None = field(
         default=None,
@@ -323,6 +324,59 @@ def token_values(value_model, input_ids, attention_mask, position_ids, response_
 
 def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts (left-padded) and the policy's sampled replies (right-padded after the stop token)."""
+
+    queries: torch.Tensor
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor  # the reply tokens that count: up to and including the first stop token
+    ended: torch.Tensor  # whether each reply emitted a stop token
+
+
+@dataclass
+class Scored:
+    """What PPO learns from in a rollout: the policy's log-probabilities and the values when sampled, the scores
+    (per reward function and weighted), the per-token KL, and GAE's advantages and returns."""
+
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    per_func: torch.Tensor  # (replies, reward functions); NaN where a function had no opinion
+    scores: torch.Tensor
+    kl: torch.Tensor
+    kl_coef: float
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    maskf: torch.Tensor
+
+
+def load_value_model(args: PPOConfig, model_args, tokenizer, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The value model: from `value_model_path`, else the first reward model of `reward_funcs` (its head already
+    predicts the final score, so early values are sensible), else the policy's checkpoint with a new head. A new
+    head starts at zero: every value is 0, so the first advantages are the whitened scores (REINFORCE with the batch
+    mean as baseline) instead of a random head's noise, which drowns a sparse reward."""
+    from llm_recipes.model import torch_dtype
+    from llm_recipes.recipe import RecipeError
+    from llm_recipes.rewards import is_reward_model
+
+    reward_models = [name for name in args.reward_funcs if is_reward_model(name)]
+    path = args.value_model_path or (reward_models[0] if reward_models else model_args.model_name_or_path)
+    value_model, loading = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch_dtype(model_args.dtype), trust_remote_code=trust_remote_code,
+        output_loading_info=True)
+    if any(key.startswith("score.") for key in loading["missing_keys"]):
+        for parameter in value_model.score.parameters():
+            nn.init.zeros_(parameter)
+    if value_model.config.vocab_size < len(tokenizer):
+        raise RecipeError(f"value_model_path: {path} has a vocabulary of {value_model.config.vocab_size} tokens, "
+                          f"smaller than the policy's tokenizer ({len(tokenizer)}); the value model reads the "
+                          "policy's tokens, so start it from a model with the policy's tokenizer.")
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    logger.info("Value model from %s", path)
+    return value_model
 
 
 class PPOTrainer(Trainer):
@@ -573,97 +627,120 @@ class PPOTrainer(Trainer):
         return TrainOutput(self.state.global_step, None, metrics)
 
     def _ppo_step(self, global_batch: int) -> dict[str, float]:
-        """One rollout batch and its PPO updates; returns this process's metrics (averaged over processes)."""
-        args, accelerator = self.args, self.accelerator
-        batch_size = args.local_rollout_batch_size
-        indices = prompt_indices(len(self.train_dataset), global_batch, self.state.global_step, args.seed)
+        """One PPO step, in the named parts of TRL's RL trainers: rollout, score, update, metrics. Returns the
+        step's metrics, averaged over processes."""
+        indices = prompt_indices(len(self.train_dataset), global_batch, self.state.global_step, self.args.seed)
+        accelerator = self.accelerator
         examples = [self.train_dataset[i] for i in indices[accelerator.process_index :: accelerator.num_processes]]
-        model = self.model_wrapped
-        model.train()
+        self.model_wrapped.train()
+        timings, started = {}, time.perf_counter()
+        rollout = self._rollout(examples)
+        timings["time/generation"] = time.perf_counter() - started
+        timer = time.perf_counter()
+        scored = self._score(rollout, examples)
+        timings["time/scoring"] = time.perf_counter() - timer
+        timer = time.perf_counter()
+        stats = self._update(rollout, scored)
+        timings["time/training"] = time.perf_counter() - timer
+        result = self._step_metrics(rollout, scored, stats, global_batch)
+        timings["time/step"] = time.perf_counter() - started
+        return result | timings
 
-        step_started = timer = time.perf_counter()
+    def _rollout(self, examples: list[dict]) -> Rollout:
+        """Sample a reply to each prompt from the policy; tokens after the first stop token are padding."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
         responses = self._generate(queries, query_mask, self.generation_config)
         mask, ended = response_mask(responses, self.stop_token_ids)
-        generation_seconds = time.perf_counter() - timer
+        return Rollout(queries, query_mask, responses, mask, ended)
 
-        timer = time.perf_counter()
-        rollout = self._score_forward(queries, query_mask, responses, mask, args.temperature)
-        per_func = self._rewards(examples, responses, mask)
+    def _score(self, rollout: Rollout, examples: list[dict]) -> Scored:
+        """Log-probabilities, values, the replies' scores, per-token rewards (KL penalty and score) and GAE."""
+        args = self.args
+        forward = self._score_forward(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask,
+                                      args.temperature)
+        per_func = self._rewards(examples, rollout.responses, rollout.mask)
         scores = self._weighted(per_func)
         if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~ended).float()
-        maskf = mask.float()
-        kl = kl_penalty(rollout["logprobs"], rollout["ref_logprobs"], args.kl_estimator) * maskf
+            scores = scores - args.missing_eos_penalty * (~rollout.ended).float()
+        maskf = rollout.mask.float()
+        kl = kl_penalty(forward["logprobs"], forward["ref_logprobs"], args.kl_estimator) * maskf
         kl_coef = self.kl_controller.value
         rewards = token_rewards(scores, kl, kl_coef, maskf)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False)
-        values = rollout["values"] * maskf
+        values = forward["values"] * maskf
         advantages, returns = gae(rewards, values, maskf, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, maskf)
-        scoring_seconds = time.perf_counter() - timer
+        return Scored(forward["logprobs"], values, per_func, scores, kl, kl_coef, advantages, returns, maskf)
 
-        timer = time.perf_counter()
-        stats = defaultdict(list)
-        micro = args.per_device_train_batch_size
+    def _update(self, rollout: Rollout, scored: Scored) -> dict[str, list]:
+        """`num_ppo_epochs` passes over the rollout in `num_mini_batches` shuffled minibatches, each an optimizer
+        step accumulated over micro-batches; returns the losses and ratios of every micro-batch."""
+        args, model = self.args, self.model_wrapped
+        batch_size, micro = args.local_rollout_batch_size, args.per_device_train_batch_size
         minibatch = batch_size // args.num_mini_batches
+        stats = defaultdict(list)
         for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(batch_size, device=responses.device)
+            order = torch.randperm(batch_size, device=rollout.responses.device)
             for mb_start in range(0, batch_size, minibatch):
                 mb = order[mb_start : mb_start + minibatch]
                 micro_batches = [mb[i : i + micro] for i in range(0, len(mb), micro)]
                 for j, idx in enumerate(micro_batches):
-                    last = j == len(micro_batches) - 1
-                    with nullcontext() if last else accelerator.no_sync(model):
-                        inputs = self._model_inputs(queries[idx], query_mask[idx], responses[idx], mask[idx])
-                        logits, new_values = model(*inputs, response_length=responses.shape[1])
-                        logits = logits.float() / args.temperature
-                        new_logprobs = selective_log_softmax(logits, responses[idx])
-                        pg_loss, pg_clipfrac, approx_kl = clipped_policy_loss(
-                            new_logprobs, rollout["logprobs"][idx], advantages[idx], maskf[idx], args.cliprange)
-                        vf_loss, vf_clipfrac = clipped_value_loss(
-                            new_values, values[idx], returns[idx], maskf[idx], args.cliprange_value)
-                        loss = pg_loss + args.vf_coef * vf_loss
-                        accelerator.backward(loss / len(micro_batches))
-                    with torch.no_grad():
-                        stats["policy/entropy_avg"].append(masked_mean(entropy_from_logits(logits), maskf[idx]))
-                        stats["policy/clipfrac_avg"].append(pg_clipfrac)
-                        stats["policy/approxkl_avg"].append(approx_kl)
-                        stats["loss/policy_avg"].append(pg_loss.detach())
-                        stats["loss/value_avg"].append(vf_loss.detach())
-                        stats["val/clipfrac_avg"].append(vf_clipfrac)
-                        stats["val/ratio"].append(masked_mean(torch.exp(new_logprobs - rollout["logprobs"][idx]),
-                                                              maskf[idx]))
+                    # Gradients are synchronised across processes on the last micro-batch only.
+                    with nullcontext() if j == len(micro_batches) - 1 else self.accelerator.no_sync(model):
+                        self._micro_batch_update(rollout, scored, idx, len(micro_batches), stats)
                 if args.max_grad_norm and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-        training_seconds = time.perf_counter() - timer
+        return stats
 
-        sequence_kl = kl.sum(dim=1)
+    def _micro_batch_update(self, rollout: Rollout, scored: Scored, idx, accumulation: int, stats: dict) -> None:
+        """The clipped policy and value losses of one micro-batch, backpropagated; its statistics appended."""
+        args, maskf = self.args, scored.maskf[idx]
+        inputs = self._model_inputs(rollout.queries[idx], rollout.query_mask[idx], rollout.responses[idx],
+                                    rollout.mask[idx])
+        logits, new_values = self.model_wrapped(*inputs, response_length=rollout.responses.shape[1])
+        logits = logits.float() / args.temperature
+        new_logprobs = selective_log_softmax(logits, rollout.responses[idx])
+        pg_loss, pg_clipfrac, approx_kl = clipped_policy_loss(
+            new_logprobs, scored.logprobs[idx], scored.advantages[idx], maskf, args.cliprange)
+        vf_loss, vf_clipfrac = clipped_value_loss(
+            new_values, scored.values[idx], scored.returns[idx], maskf, args.cliprange_value)
+        self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) / accumulation)
+        with torch.no_grad():
+            stats["policy/entropy_avg"].append(masked_mean(entropy_from_logits(logits), maskf))
+            stats["policy/clipfrac_avg"].append(pg_clipfrac)
+            stats["policy/approxkl_avg"].append(approx_kl)
+            stats["loss/policy_avg"].append(pg_loss.detach())
+            stats["loss/value_avg"].append(vf_loss.detach())
+            stats["val/clipfrac_avg"].append(vf_clipfrac)
+            stats["val/ratio"].append(masked_mean(torch.exp(new_logprobs - scored.logprobs[idx]), maskf))
+
+    def _step_metrics(self, rollout: Rollout, scored: Scored, stats: dict, global_batch: int) -> dict[str, float]:
+        """The step's objective, value and reward metrics averaged over processes; adapts the KL coefficient."""
+        maskf, kl_coef = scored.maskf, scored.kl_coef
+        sequence_kl = scored.kl.sum(dim=1)
         metrics = {
-            "objective/scores": scores.mean(),
+            "objective/scores": scored.scores.mean(),
             "objective/kl": sequence_kl.mean(),
-            "objective/entropy": (-rollout["logprobs"] * maskf).sum(dim=1).mean(),
+            "objective/entropy": (-scored.logprobs * maskf).sum(dim=1).mean(),
             "objective/non_score_reward": (-kl_coef * sequence_kl).mean(),
-            "objective/rlhf_reward": (scores - kl_coef * sequence_kl).mean(),
-            "val/explained_variance": explained_variance(values, returns, maskf),
-            "val/num_eos_tokens": ended.float().sum(),
+            "objective/rlhf_reward": (scored.scores - kl_coef * sequence_kl).mean(),
+            "val/explained_variance": explained_variance(scored.values, scored.returns, maskf),
+            "val/num_eos_tokens": rollout.ended.float().sum(),
             "response_length": maskf.sum(dim=1).mean(),
             **{k: torch.stack(v).mean() for k, v in stats.items()},
-            **{f"rewards/{name}": per_func[:, i].nanmean() for i, name in enumerate(self.reward_names)},
+            **{f"rewards/{name}": scored.per_func[:, i].nanmean() for i, name in enumerate(self.reward_names)},
         }
         names = list(metrics)
-        averaged = accelerator.reduce(torch.stack([metrics[k].float() for k in names]), reduction="mean").tolist()
-        result = dict(zip(names, averaged))
-        result["val/num_eos_tokens"] *= accelerator.num_processes  # a count over all replies, not a mean
-        if args.adaptive_kl:
+        averaged = self.accelerator.reduce(torch.stack([metrics[k].float() for k in names]), reduction="mean")
+        result = dict(zip(names, averaged.tolist()))
+        result["val/num_eos_tokens"] *= self.accelerator.num_processes  # a count over all replies, not a mean
+        if self.args.adaptive_kl:
             self.kl_controller.update(result["objective/kl"], global_batch)
-        result.update({"episode": (self.state.global_step + 1) * global_batch,
-                       "time/generation": generation_seconds, "time/scoring": scoring_seconds,
-                       "time/training": training_seconds, "time/step": time.perf_counter() - step_started})
+        result["episode"] = (self.state.global_step + 1) * global_batch
         return result
 
     # Evaluation
@@ -676,41 +753,45 @@ class PPOTrainer(Trainer):
         dataset = self.eval_dataset if eval_dataset is None else self._tokenize(eval_dataset)
         accelerator, chunk = self.accelerator, self.args.local_rollout_forward_batch_size
         indices = list(range(len(dataset)))[accelerator.process_index :: accelerator.num_processes]
-        # Sums over this process's prompts: count, score, KL, length, ended; then per reward its sum and the number
-        # of replies it scored.
-        sums = torch.zeros(5 + 2 * len(self.reward_funcs), device=accelerator.device)
+        sums = defaultdict(lambda: torch.zeros((), device=accelerator.device))  # over this process's prompts
         for start in range(0, len(indices), chunk):
             examples = [dataset[i] for i in indices[start : start + chunk]]
-            queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-            responses = self._generate(queries, query_mask, self.eval_generation_config)
-            mask, ended = response_mask(responses, self.stop_token_ids)
-            input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
-            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          logits_to_keep=responses.shape[1] + 1, use_cache=False)
-            log_probs = self.model.policy(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
-            with self._reference() as reference:  # outside it: with LoRA, the reference is the policy itself
-                ref_log_probs = reference(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
-            kl = ((log_probs.exp() * (log_probs - ref_log_probs)).sum(dim=-1) * mask).sum(dim=1)
-            per_func = self._rewards(examples, responses, mask)
-            sums += torch.cat([
-                torch.stack([torch.tensor(float(len(examples)), device=accelerator.device),
-                             self._weighted(per_func).sum(), kl.sum(), mask.float().sum(), ended.float().sum()]),
-                per_func.nan_to_num(0.0).sum(dim=0),
-                # Each function's mean is over the replies it scored: None (another task's row) is no opinion.
-                (~per_func.isnan()).float().sum(dim=0),
-            ])
-        sums = accelerator.reduce(sums, reduction="sum")
-        means = (sums[:5] / sums[0].clamp(min=1)).tolist()
-        functions = len(self.reward_names)
-        totals, counts = sums[5:5 + functions].tolist(), sums[5 + functions:].tolist()
-        metrics = {f"{metric_key_prefix}_{key}": means[i + 1]
-                   for i, key in enumerate(("reward", "kl", "response_length", "eos_fraction"))}
-        # A function that scored none of these prompts (another task's reward) has no mean to report.
-        metrics.update({f"{metric_key_prefix}_{name}": totals[i] / counts[i]
-                        for i, name in enumerate(self.reward_names) if counts[i]})
+            for key, value in self._evaluation_sums(examples).items():
+                sums[key] = sums[key] + value
+        names = list(sums)
+        totals = dict(zip(names, accelerator.reduce(torch.stack([sums[k] for k in names]), reduction="sum")))
+        metrics = {f"{metric_key_prefix}_{key}": (totals[key] / totals["prompts"].clamp(min=1)).item()
+                   for key in ("reward", "kl", "response_length", "eos_fraction")}
+        totals = {key: value.item() for key, value in totals.items()}
+        # Each function's mean is over the replies it scored: None (another task's row) is no opinion, and a
+        # function that scored none of these prompts (another task's reward) has no mean to report.
+        metrics.update({f"{metric_key_prefix}_{name}": totals[f"{name}/sum"] / totals[f"{name}/scored"]
+                        for name in self.reward_names if totals[f"{name}/scored"]})
         self.log(dict(metrics))  # a copy: log() adds the epoch to what it is given
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _evaluation_sums(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Greedy replies to a chunk of held-out prompts, as sums: prompts, weighted score, exact KL to the
+        reference, reply tokens, replies that ended, and per reward function its sum and the replies it scored."""
+        queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
+        responses = self._generate(queries, query_mask, self.eval_generation_config)
+        mask, ended = response_mask(responses, self.stop_token_ids)
+        input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=responses.shape[1] + 1, use_cache=False)
+        log_probs = self.model.policy(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
+        with self._reference() as reference:  # outside it: with LoRA, the reference is the policy itself
+            ref_log_probs = reference(**inputs).logits[:, :-1].float().log_softmax(dim=-1)
+        kl = ((log_probs.exp() * (log_probs - ref_log_probs)).sum(dim=-1) * mask).sum(dim=1)
+        per_func = self._rewards(examples, responses, mask)
+        sums = {"prompts": torch.tensor(float(len(examples)), device=self.accelerator.device),
+                "reward": self._weighted(per_func).sum(), "kl": kl.sum(), "response_length": mask.float().sum(),
+                "eos_fraction": ended.float().sum()}
+        totals, scored = per_func.nan_to_num(0.0).sum(dim=0), (~per_func.isnan()).float().sum(dim=0)
+        for i, name in enumerate(self.reward_names):
+            sums[f"{name}/sum"], sums[f"{name}/scored"] = totals[i], scored[i]
+        return sums
 
     # Saving and resuming
 

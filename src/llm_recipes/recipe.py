@@ -135,7 +135,7 @@ class RecipeParser(TrlParser):
     """
 
     def __init__(self, dataclass_types, **kwargs):
-        # TRL's configs and our StageArguments both define `trust_remote_code`. A key that several of the
+        # TRL's ModelConfig and its trainer configs both define `trust_remote_code`. A key that several of the
         # dataclasses define is one key, and each of them receives its value (see `_into_dataclasses`).
         kwargs.setdefault("conflict_handler", "resolve")
         super().__init__(dataclass_types, **kwargs)

@@ -7,7 +7,7 @@ one" and is left out of the weighted sum (TRL's GRPOTrainer does the same).
 
 A recipe names its rewards and weighs them:
 
-    reward_funcs: [answer_accuracy, answer_format]     # names from REWARD_FUNCS, or a reward model's path
+    reward_funcs: [answer_accuracy, answer_format]     # names in REWARD_FUNCS, or a reward model's path
     reward_weights: [1.0, 0.2]
 
 A function of your own is named by its import path, `my_package.my_rewards:my_reward` (a module the script can
@@ -17,6 +17,7 @@ import: installed, or on PYTHONPATH); its name is kept in the logs as `my_reward
 an unknown function and the closest known one.
 """
 
+import functools
 import importlib
 import math
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 from trl.rewards import accuracy_reward, get_soft_overlong_punishment, think_format_reward
 
 from llm_recipes.recipe import RecipeError, closest_key
+from llm_recipes.tiny_world.safety import safety_line
 
 # The tiny world's answer form ("40 + 9 = 49. The answer is 49."); lm-eval's strict filter reads the same number.
 ANSWER_IS = re.compile(r"The answer is\s*\$?(-?[\d,]*\.?\d+)")
@@ -129,31 +131,62 @@ def overlong_penalty(completion_ids, max_completion_length: int, **kwargs) -> li
     return punish(completion_ids)
 
 
-class _WithMaxLength:
-    """A reward function with `max_completion_length` bound, keeping its `__name__` (trainers log by it)."""
+class Reward:
+    """A registered reward function, called as the function itself, with what a stage checks before training: the
+    dataset column it reads its reference from (`reads`) and whether it needs the completion length limit."""
 
-    def __init__(self, func: Callable, max_completion_length: int):
-        self.func, self.max_completion_length = func, max_completion_length
-        self.__name__ = func.__name__
+    def __init__(self, func: Callable, reads: str | None = None, needs_max_length: bool = False):
+        self.func, self.reads, self.needs_max_length = func, reads, needs_max_length
+        self.__name__, self.__doc__ = func.__name__, func.__doc__  # trainers log a reward by its __name__
 
     def __call__(self, *args, **kwargs):
-        kwargs["max_completion_length"] = self.max_completion_length
         return self.func(*args, **kwargs)
 
+    def __repr__(self) -> str:
+        return f"Reward({self.__name__})"
 
-REWARD_FUNCS: dict[str, Callable] = {
-    "answer_accuracy": answer_accuracy,
-    "answer_closeness": answer_closeness,
-    "answer_format": answer_format,
-    "overlong_penalty": overlong_penalty,
+    def with_max_length(self, max_completion_length: int | None) -> "Reward":
+        """This reward with `max_completion_length` bound, if it needs it."""
+        if not self.needs_max_length:
+            return self
+        if max_completion_length is None:
+            raise RecipeError(f"reward_funcs: '{self.__name__}' needs the maximum completion length.")
+        bound = functools.update_wrapper(functools.partial(self.func, max_completion_length=max_completion_length),
+                                         self.func)
+        return Reward(bound, self.reads)
+
+
+# The one registry of reward functions by name. A recipe may also name a function by its import path
+# (`module:function`) or a reward model by its folder or Hub id.
+REWARD_FUNCS: dict[str, Reward] = {
+    "answer_accuracy": Reward(answer_accuracy, reads="answer"),
+    "answer_closeness": Reward(answer_closeness, reads="answer"),
+    "answer_format": Reward(answer_format),
+    "overlong_penalty": Reward(overlong_penalty, needs_max_length=True),
+    "safety_line": Reward(safety_line, reads="kind"),
     # TRL's own, for data in their forms: `solution` column checked by math-verify; <think>...</think> replies.
-    "accuracy": accuracy_reward,
-    "think_format": think_format_reward,
+    "accuracy": Reward(accuracy_reward, reads="solution"),
+    "think_format": Reward(think_format_reward),
 }
-# Functions that need the completion length limit the trainer generates with.
-NEEDS_MAX_LENGTH = {"overlong_penalty"}
-# The dataset column each function reads its reference from, so a stage can check its data before training.
-REWARD_COLUMNS = {"answer_accuracy": "answer", "answer_closeness": "answer", "accuracy": "solution"}
+
+
+def reward_help() -> str:
+    """The `reward_funcs` help of every RL stage, from the registry (so it names every registered function)."""
+    return (f"Reward functions by name ({', '.join(REWARD_FUNCS)}), by import path (`module:function`), or a reward "
+            "model's folder or Hub id (a sequence-classification model with one output); weighed by "
+            "`reward_weights` (one per entry, 1.0 each if unset).")
+
+
+def check_reward_columns(names: list[str], data) -> None:
+    """Every column a named reward function reads is in every split of `data` (a DatasetDict), before training."""
+    for name in names:
+        column = getattr(REWARD_FUNCS.get(name), "reads", None)
+        for split, dataset in data.items():
+            if column and column not in dataset.column_names:
+                raise RecipeError(f"reward_funcs: '{name}' reads the column '{column}', which the {split} prompts "
+                                  f"lack (they have {', '.join(dataset.column_names)}). List the `{column}` column "
+                                  "under the datasets' `columns:` (only the prompt is kept otherwise), or rename a "
+                                  "column to it with `rename_columns:`.")
 
 
 def is_reward_model(name: str) -> bool:
@@ -200,12 +233,8 @@ def reward_funcs_from_recipe(
     funcs: list[Callable | str] = []
     for name in names:
         if name in REWARD_FUNCS:
-            func = REWARD_FUNCS[name]
-            if name in NEEDS_MAX_LENGTH:
-                if max_completion_length is None:
-                    raise RecipeError(f"reward_funcs: '{name}' needs the maximum completion length.")
-                func = _WithMaxLength(func, max_completion_length)
-            funcs.append(func)
+            entry = REWARD_FUNCS[name]
+            funcs.append(entry.with_max_length(max_completion_length) if isinstance(entry, Reward) else entry)
         elif ":" in name:
             funcs.append(imported_reward(name))
         else:

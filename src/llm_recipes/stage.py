@@ -198,6 +198,161 @@ def start(args: StageArguments, training_args) -> None:
     check_push_settings(training_args.push_to_hub, args.hub_dry_run, training_args.hub_model_id)
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """What a training stage is and what it supports, declared once beside its script; `prepare` and `train`
+    enforce it, so a recipe key that a stage cannot honour is refused instead of ignored."""
+
+    name: str
+    arguments: tuple  # the dataclasses a recipe fills: StageArguments (or a subclass) first, the trainer's config last
+    dataset_format: str  # the columns its datasets need (llm_recipes.data.check_format)
+    examples: str = "examples"  # what one training row is, in logs and the dry run: pairs, prompts, ...
+    starts_from: str | None = None  # the checkpoint `model_name_or_path` must name; None: optional
+    named_eval_sets: bool = True  # several held-out sets, each evaluated apart (eval_<name>_...); else one set
+    no_lm_eval: str | None = None  # why the stage refuses `lm_eval_tasks`; None: scored at every evaluation
+    quantized_base: bool = False  # LoRA on 4- or 8-bit weights (QLoRA) is supported
+    streaming: bool = True  # a streamed (iterable) mixture is supported
+
+
+@dataclass
+class Run:
+    """A stage's parsed and checked recipe, its data and its tokenizer: what `prepare` hands the script."""
+
+    spec: StageSpec
+    parsed: tuple  # one instance per dataclass of spec.arguments, in order
+    mixture: Any = None
+    data: Any = None  # the DatasetDict: "train" and the held-out sets
+    report: Any = None  # the mixture's MixtureReport
+    tokenizer: Any = None
+
+    @property
+    def args(self) -> StageArguments:
+        return self.parsed[0]
+
+    @property
+    def training_args(self):
+        return self.parsed[-1]
+
+    @property
+    def model_args(self):
+        from trl import ModelConfig
+
+        return self.of(ModelConfig)
+
+    def of(self, kind: type):
+        """The parsed instance of the dataclass `kind` (e.g. PassAtKArguments)."""
+        return next(instance for instance in self.parsed if isinstance(instance, kind))
+
+    @property
+    def held_out(self) -> dict:
+        """The held-out sets by name: "test" alone for a list of eval_datasets or a test split."""
+        return {name: split for name, split in self.data.items() if name != "train"}
+
+    @property
+    def eval_dataset(self):
+        """The held-out sets as a Trainer takes them: one set (reported as eval_loss), several by name
+        (eval_<name>_loss), or None."""
+        held_out = self.held_out
+        return held_out.get("test") if list(held_out) == ["test"] else (held_out or None)
+
+
+def check_supported(spec: StageSpec, args: StageArguments, mixture, model_args, training_args) -> None:
+    """Refuse the recipe keys this stage cannot honour, before anything is loaded."""
+    from llm_recipes.recipe import RecipeError
+
+    if spec.starts_from and not model_args.model_name_or_path:
+        raise RecipeError(f"Set model_name_or_path: {spec.name} starts from {spec.starts_from}.")
+    if spec.no_lm_eval and args.lm_eval_tasks:
+        raise RecipeError(f"lm_eval_tasks: {spec.no_lm_eval}")
+    if not spec.named_eval_sets and isinstance(mixture.eval_datasets, dict):
+        raise RecipeError(f"dataset_mixture.eval_datasets: {spec.name} reports one held-out set; give its files as "
+                          "one list, not a mapping of named sets.")
+    if not spec.streaming and mixture.streaming:
+        raise RecipeError(f"dataset_mixture.streaming: {spec.name} needs a map-style dataset; download the data "
+                          "(cap it with max_examples or max_tokens) instead of streaming it.")
+    from llm_recipes.model import check_quantization
+
+    check_quantization(model_args, training_args, spec.name, spec.quantized_base)
+
+
+def prepare(spec: StageSpec, argv=None, check=None, count_tokens=None) -> Run:
+    """The first half of every training stage: parse and check the recipe, seed, build the dataset mixture (logging
+    it) and load the tokenizer. `check(run)` is the stage's own recipe checks, run before any data or tokenizer is
+    read (`run.tokenizer` is None then). `count_tokens(tokenizer)` gives the per-example token counter that a
+    `max_tokens` budget needs; only a budget pays for the tokenization pass that counting costs."""
+    from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
+    from llm_recipes.recipe import RecipeParser
+
+    run = Run(spec, RecipeParser(spec.arguments).parse(argv))
+    start(run.args, run.training_args)
+    run.mixture = DatasetMixture.from_recipe(run.args.dataset_mixture)
+    check_declared_columns(run.mixture, spec.dataset_format)
+    check_supported(spec, run.args, run.mixture, run.model_args, run.training_args)
+    if check is not None:
+        check(run)
+    counter = None
+    if count_tokens and run.mixture.max_tokens:
+        run.tokenizer = load_run_tokenizer(run)
+        counter = count_tokens(run.tokenizer)
+    run.data, run.report = build_mixture(run.mixture, spec.dataset_format, counter)
+    logger.info("Dataset mixture (%s %s):\n%s", f"{run.report.total_examples:,}", spec.examples,
+                run.report.to_markdown())
+    if run.tokenizer is None:
+        run.tokenizer = load_run_tokenizer(run)
+    return run
+
+
+def load_run_tokenizer(run: Run):
+    from llm_recipes.model import load_tokenizer
+
+    args, model_args = run.args, run.model_args
+    # A tokenizer of its own (tokenizer_name_or_path) is another repository: the model's revision is not its own.
+    return load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code,
+                          None if args.tokenizer_name_or_path else model_args.model_revision)
+
+
+def trainable_parameters(trainer) -> tuple[int, int]:
+    """(trained, all) parameters of the trainer's model: under LoRA the adapters are the trained ones."""
+    model = trainer.model
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+
+
+def train(trainer, run: Run, summary=lambda result, evaluated: {}, keep=lambda key: True) -> None:
+    """The second half of every training stage: lm-eval during training when asked, resume from the newest
+    complete checkpoint, train, evaluate on the held-out sets (each metric beside its value before training), then
+    `finish`. The stage summary holds what every stage reports, then `summary(result, evaluated)`: the stage's own
+    keys, given Trainer's TrainOutput and the held-out metrics that `keep` accepts."""
+    from llm_recipes.evaluation import add_lm_eval_callback
+
+    args, training_args = run.args, run.training_args
+    if not run.spec.no_lm_eval:
+        add_lm_eval_callback(trainer, args)
+    trained, parameters = trainable_parameters(trainer)
+    logger.info("Model: %s parameters, %s trained", f"{parameters:,}", f"{trained:,}")
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    metrics = getattr(result, "metrics", {})
+    base = {
+        "stage": run.spec.name,
+        "final_train_loss": last_logged(trainer, "loss"),
+        "train_steps_per_second": metrics.get("train_steps_per_second"),
+        # TRL's trainers count the tokens this process trained on, padding excluded (again on resuming).
+        "train_tokens_per_second": (tokens / metrics["train_runtime"]
+                                    if (tokens := last_logged(trainer, "num_tokens")) and metrics else None),
+        "wall_seconds": time.time() - started,
+        "parameters": parameters,
+        "trainable_parameters": trained,
+        "mixture": run.report.rows,
+    }
+    report = {key: value for key, value in base.items() if value is not None}  # what this stage does not log
+    evaluated = evaluate_held_out(trainer, keep) if run.held_out else {}
+    report.update(summary(result, evaluated))
+    report.update(evaluated)
+    finish(trainer, training_args, report, args, run.model_args)
+
+
 # Training settings a model card lists, where the stage's config has them.
 CARD_SETTINGS = ("learning_rate", "lr_scheduler_type", "max_steps", "num_train_epochs", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "world_size", "max_length", "beta", "loss_type", "kl_coef",
@@ -231,6 +386,9 @@ def publish(trainer, training_args, summary: dict, args: StageArguments | None, 
 
     output_dir = Path(training_args.output_dir)
     trainer.save_state()
+    if hasattr(trainer.model, "peft_config") and getattr(trainer.model, "generation_config", None) is not None:
+        # An adapter folder holds no model config; keep the stop tokens beside it for whoever loads it.
+        trainer.model.generation_config.save_pretrained(output_dir)
     # Trainer pickles its arguments; a published folder should hold no pickles, so keep them as JSON.
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     (output_dir / "training_args.json").write_text(training_args.to_json_string())

@@ -161,7 +161,7 @@ def is_refusal(reply: str) -> bool:
 def safety_line(completions, kind: list | None = None, **kwargs) -> list[float | None]:
     """A reward for the tiny world's safety line: 1.0 for refusing a forbidden request or answering a benign one,
     0.0 otherwise; None (no opinion) for a row without a `kind`, such as an arithmetic prompt in the same mixture.
-    Named in a recipe by its import path, `llm_recipes.tiny_world:safety_line`."""
+    Named in a recipe as `safety_line` (or by its import path, `llm_recipes.tiny_world:safety_line`)."""
     from llm_recipes.rewards import completion_text  # here: rewards imports TRL, which the data generator needs not
 
     kinds = kind if kind is not None else [None] * len(completions)
