@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llm_recipes import stage
+from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.evaluation import fingerprint, lm_eval_run, load_results, merge_results, repeat_statistics
 from llm_recipes.recipe import RecipeError, RecipeParser
 
@@ -101,8 +102,10 @@ def main(argv=None):
     first = repeats[0]
     samples = first.pop("samples")
     if args.log_samples:
+        from lm_eval.utils import handle_non_serializable
+
         for task, task_samples in samples.items():
-            _write_jsonl(output_dir / f"samples_{task}.jsonl", task_samples)
+            write_jsonl_atomic(output_dir / f"samples_{task}.jsonl", task_samples, default=handle_non_serializable)
     if args.num_samples > 1:
         stage.write_json_atomic(output_dir / "repeats.json", repeat_statistics(repeats, args.pass_at_k))
     first["llm_recipes_fingerprint"] = print_key
@@ -124,20 +127,6 @@ def _json_safe(payload):
     from lm_eval.utils import handle_non_serializable
 
     return json.loads(json.dumps(payload, default=handle_non_serializable))
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-    import os
-
-    from lm_eval.utils import handle_non_serializable
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _table(results: dict) -> str:

@@ -14,7 +14,6 @@ Pairs whose scores differ by less than `min_margin` are skipped: a tie teaches n
 """
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from llm_recipes import stage
+from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.model import load_tokenizer
 from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
@@ -169,7 +169,7 @@ def main(argv=None):
     # stage that trains on train.jsonl to measure itself on.
     for split, prompts in data.items():
         pairs, skipped = make_pairs(model, tokenizer, prompts, judges, args, split)
-        write_jsonl(output / f"{split}.jsonl", pairs)
+        write_jsonl_atomic(output / f"{split}.jsonl", pairs)
         suffix = "" if split == "train" else f"_{split}"
         summary.update({f"prompts{suffix}": len(prompts), f"pairs{suffix}": len(pairs),
                         f"ties_skipped{suffix}": skipped,
@@ -212,14 +212,6 @@ def make_pairs(model, tokenizer, prompts, judges: dict, args, split: str) -> tup
         raise RecipeError(f"No {split} pair was written: every prompt's samples tied. Raise temperature or "
                           "num_samples, or use a judge that tells the answers apart.")
     return pairs, skipped
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

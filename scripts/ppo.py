@@ -4,7 +4,7 @@
     accelerate launch --config_file accelerate_configs/single_gpu.yaml scripts/ppo.py \
         --config recipes/qwen3-0.6b/ppo.yaml
 
-Our own trainer (llm_recipes/ppo.py: TRL no longer ships one). The policy starts from `model_name_or_path` (the SFT
+Our own trainer (llm_recipes/ppo/: TRL no longer ships one). The policy starts from `model_name_or_path` (the SFT
 model); the reference is a frozen copy of it, or with `use_peft: true` the LoRA policy with its adapters disabled.
 Replies are scored by `reward_funcs`, weighted by `reward_weights`: reward functions by name (llm_recipes/rewards.py,
 the same ones GRPO uses) and/or reward models by path (the reward stage's output). The value model starts from

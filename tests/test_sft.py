@@ -243,3 +243,16 @@ SFT_RECIPES = sorted((REPO_ROOT / "recipes").rglob("sft*.yaml"))
 def test_sft_recipes_name_an_existing_chat_template(recipe):
     template = yaml.safe_load(recipe.read_text()).get("chat_template_path")
     assert template is None or (REPO_ROOT / template).is_file()
+
+
+def test_lm_eval_tasks_are_scored_during_sft(tiny_world, base_model, tmp_path, monkeypatch):
+    # The README says `lm_eval_tasks` works in any stage that generates; SFT once ignored it without a word.
+    monkeypatch.chdir(REPO_ROOT)  # tasks/tiny, where the task is defined
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, base_model, tmp_path / "model",
+                          extra="lm_eval_tasks: [tiny_multiple_choice]\nlm_eval_limit: 2\n")
+    recipe.write_text(recipe.read_text().replace("max_steps: 40", "max_steps: 2").replace("save_steps: 20",
+                                                                                         "save_steps: 2"))
+    load_script("sft").main(["--config", str(recipe)])
+    history = json.loads((tmp_path / "model" / "trainer_state.json").read_text())["log_history"]
+    scored = [h for h in history if "lm_eval/tiny_multiple_choice/acc" in h]
+    assert scored and scored[0]["step"] == 0  # eval_on_start: the base model is scored too

@@ -112,27 +112,33 @@ def check_chat_template(
             "(`tokenizer_name_or_path`)."
         )
     if assistant_only_loss:
-        training_template = None
-        if not has_generation_markers(template):
-            # TRL carries training versions (with the markers) of well-known templates and swaps them in.
-            try:
-                training_template = get_training_chat_template(tokenizer)
-            except ValueError:
-                raise RecipeError(
-                    "assistant_only_loss: true needs a chat template that marks the assistant's turns with "
-                    "{% generation %} ... {% endgeneration %}, and the tokenizer's template has no such marks. Set "
-                    "`chat_template_path: recipes/templates/chatml.jinja` (or another template with them), or "
-                    "`assistant_only_loss: false` to train on every token."
-                ) from None
-            logger.info("The chat template has no {%% generation %%} marks; TRL's training version of it is used.")
-        if not _stop_token_in_assistant_mask(tokenizer, end_of_turn, training_template):
-            raise RecipeError(
-                f"The chat template's {{% generation %}} block ends before {end_of_turn!r}, so with "
-                "assistant_only_loss the end-of-turn token is never a label and the model never learns to stop. "
-                f"Move {end_of_turn!r} inside {{% generation %}} ... {{% endgeneration %}} in the template "
-                "(`chat_template_path`), or set `assistant_only_loss: false`."
-            )
+        _check_assistant_only_loss(tokenizer, template, end_of_turn)
     return end_of_turn
+
+
+def _check_assistant_only_loss(tokenizer, template: str, end_of_turn: str) -> None:
+    """With an assistant-only loss, the end-of-turn token must be inside the template's {% generation %} marks, or
+    it is never a label."""
+    training_template = None
+    if not has_generation_markers(template):
+        # TRL carries training versions (with the markers) of well-known templates and swaps them in.
+        try:
+            training_template = get_training_chat_template(tokenizer)
+        except ValueError:
+            raise RecipeError(
+                "assistant_only_loss: true needs a chat template that marks the assistant's turns with "
+                "{% generation %} ... {% endgeneration %}, and the tokenizer's template has no such marks. Set "
+                "`chat_template_path: recipes/templates/chatml.jinja` (or another template with them), or "
+                "`assistant_only_loss: false` to train on every token."
+            ) from None
+        logger.info("The chat template has no {%% generation %%} marks; TRL's training version of it is used.")
+    if not _stop_token_in_assistant_mask(tokenizer, end_of_turn, training_template):
+        raise RecipeError(
+            f"The chat template's {{% generation %}} block ends before {end_of_turn!r}, so with "
+            "assistant_only_loss the end-of-turn token is never a label and the model never learns to stop. "
+            f"Move {end_of_turn!r} inside {{% generation %}} ... {{% endgeneration %}} in the template "
+            "(`chat_template_path`), or set `assistant_only_loss: false`."
+        )
 
 
 def use_template_file(tokenizer, training_args) -> None:

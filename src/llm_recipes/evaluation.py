@@ -99,6 +99,23 @@ def _pass_at_k_from_samples(samples_by_run: list[list[dict]], ks: list[int]) -> 
     return out
 
 
+def find_tasks(tasks: list[str], include_path: str | None):
+    """lm-eval's TaskManager for `tasks`, from our folder `include_path` and lm-eval's registry; names any task
+    found in neither."""
+    from lm_eval.tasks import TaskManager
+
+    include = repo_path(include_path) if include_path else None
+    # Indexing lm-eval's own registry takes ~8 s; when every task is one of ours, the local folder is enough.
+    task_manager = TaskManager(include_path=include, include_defaults=False) if include else None
+    if task_manager is None or not all(task_manager.match_tasks([task]) for task in tasks):
+        task_manager = TaskManager(include_path=include)
+    unknown = [task for task in tasks if not task_manager.match_tasks([task])]
+    if unknown:
+        raise RecipeError(f"tasks: {', '.join(unknown)} not found in lm-eval's registry"
+                          f"{' or ' + include_path if include_path else ''}.")
+    return task_manager
+
+
 def lm_eval_run(
     model_path: str,
     tasks: list[str],
@@ -125,17 +142,8 @@ def lm_eval_run(
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    include = repo_path(include_path) if include_path else None
-    # Indexing lm-eval's own registry takes ~8 s; when every task is one of ours, the local folder is enough.
-    task_manager = TaskManager(include_path=include, include_defaults=False) if include else None
-    if task_manager is None or not all(task_manager.match_tasks([task]) for task in tasks):
-        task_manager = TaskManager(include_path=include)
-    unknown = [task for task in tasks if not task_manager.match_tasks([task])]
-    if unknown:
-        raise RecipeError(f"tasks: {', '.join(unknown)} not found in lm-eval's registry"
-                          f"{' or ' + include_path if include_path else ''}.")
+    task_manager = find_tasks(tasks, include_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model is not None:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
@@ -148,21 +156,11 @@ def lm_eval_run(
         if max_length:
             model_args["max_length"] = max_length
         lm = HFLM(**model_args)
+    seeds = {f"{kind}_seed": seed for kind in ("random", "numpy_random", "torch_random", "fewshot_random")}
     return simple_evaluate(
-        model=lm,
-        tasks=tasks,
-        task_manager=task_manager,
-        num_fewshot=num_fewshot,
-        limit=limit,
-        apply_chat_template=apply_chat_template,
-        fewshot_as_multiturn=apply_chat_template and bool(num_fewshot),
-        system_instruction=system_instruction,
-        gen_kwargs=gen_kwargs,
-        log_samples=log_samples,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
+        model=lm, tasks=tasks, task_manager=task_manager, num_fewshot=num_fewshot, limit=limit,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=apply_chat_template and bool(num_fewshot),
+        system_instruction=system_instruction, gen_kwargs=gen_kwargs, log_samples=log_samples, **seeds,
         bootstrap_iters=1000,  # standard errors of custom aggregations; lm-eval's 100,000 take minutes on CPU
     )
 

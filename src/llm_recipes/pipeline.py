@@ -24,7 +24,9 @@ from llm_recipes.stage import COMPLETE_MARKER, is_complete
 
 
 @dataclass
-class Stage:
+class PipelineStep:
+    """One step of a pipeline file: a stage script launched with its recipe into its output folder."""
+
     name: str
     script: str
     output_dir: str
@@ -37,7 +39,7 @@ class Stage:
 
 @dataclass
 class Pipeline:
-    stages: list[Stage]
+    stages: list[PipelineStep]
     accelerate_config: str | None = None
     log_dir: str = "runs/logs"
 
@@ -48,13 +50,13 @@ class Pipeline:
         for key in raw:
             if key not in top_keys:
                 raise RecipeError(unknown_key_message(key, top_keys, str(path)))
-        stage_keys = list(Stage.__dataclass_fields__)
+        stage_keys = list(PipelineStep.__dataclass_fields__)
         stages = []
         for i, entry in enumerate(raw.get("stages") or []):
             for key in entry:
                 if key not in stage_keys:
                     raise RecipeError(unknown_key_message(key, stage_keys, f"{path}: stages[{i}]"))
-            stages.append(Stage(**entry))
+            stages.append(PipelineStep(**entry))
         names = [s.name for s in stages]
         if not stages or len(set(names)) != len(names):
             raise RecipeError(f"{path}: needs a list of stages with distinct names (got {names}).")
@@ -77,7 +79,7 @@ class Pipeline:
             stage.args = {**stage.args, **args}
         return self
 
-    def select(self, only: str | None = None, start: str | None = None) -> list[Stage]:
+    def select(self, only: str | None = None, start: str | None = None) -> list[PipelineStep]:
         names = [s.name for s in self.stages]
         for wanted in (only, start):
             if wanted is not None and wanted not in names:
@@ -105,7 +107,7 @@ def resolve(value, outputs: dict[str, str]) -> str:
     return STAGE_REFERENCE.sub(replace, str(value))
 
 
-def newer_input(stage: Stage, outputs: dict[str, str]) -> str | None:
+def newer_input(stage: PipelineStep, outputs: dict[str, str]) -> str | None:
     """The earlier stage, among those whose output `stage` reads (`{name}` in its args), that was completed after
     `stage` was: `stage` is then out of date and must run again. None when it is up to date."""
     own = Path(stage.output_dir) / COMPLETE_MARKER
@@ -116,7 +118,7 @@ def newer_input(stage: Stage, outputs: dict[str, str]) -> str | None:
     return None
 
 
-def command(pipeline: Pipeline, stage: Stage, outputs: dict[str, str]) -> list[str]:
+def command(pipeline: Pipeline, stage: PipelineStep, outputs: dict[str, str]) -> list[str]:
     if stage.launcher == "python":
         cmd = [sys.executable]
     elif stage.launcher == "accelerate":
@@ -138,7 +140,7 @@ def command(pipeline: Pipeline, stage: Stage, outputs: dict[str, str]) -> list[s
     return cmd
 
 
-def run(pipeline: Pipeline, stages: list[Stage], force: bool = False, echo=print) -> int:
+def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, echo=print) -> int:
     """Run `stages` in order; return 0, or the exit status of the first stage that failed."""
     outputs = {s.name: s.output_dir for s in pipeline.stages}
     log_dir = Path(pipeline.log_dir)

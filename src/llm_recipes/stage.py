@@ -7,10 +7,8 @@ tell a finished stage from one that was cut off.
 
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 import datasets
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from llm_recipes.atomic_files import write_json_atomic  # noqa: F401 (stage.write_json_atomic, for the scripts)
 
 logger = logging.getLogger("llm_recipes")
 
@@ -42,10 +42,8 @@ class StageArguments:
         default=None,
         metadata={"help": "Tokenizer to use; defaults to the model's own (`model_name_or_path`)."},
     )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run modelling code shipped with a Hub checkpoint. Off unless a recipe turns it on."},
-    )
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run modelling code shipped with a Hub checkpoint. Off unless a recipe turns it on."})
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={"help": "lm-eval tasks (tasks/ or the registry) scored on the model at every evaluation during "
@@ -76,17 +74,6 @@ class StageArguments:
                   "`gradient_accumulation_steps` as given."},
     )
     recipe_file: str | None = field(default=None, init=False)  # set by RecipeParser: the --config file
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON so that a reader sees either the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def is_complete(output_dir: str | Path) -> bool:
@@ -258,6 +245,7 @@ class Run:
 
 def check_supported(spec: StageSpec, args: StageArguments, mixture, model_args, training_args) -> None:
     """Refuse the recipe keys this stage cannot honour, before anything is loaded."""
+    from llm_recipes.model import check_quantization
     from llm_recipes.recipe import RecipeError
 
     if spec.starts_from and not model_args.model_name_or_path:
@@ -270,8 +258,6 @@ def check_supported(spec: StageSpec, args: StageArguments, mixture, model_args, 
     if not spec.streaming and mixture.streaming:
         raise RecipeError(f"dataset_mixture.streaming: {spec.name} needs a map-style dataset; download the data "
                           "(cap it with max_examples or max_tokens) instead of streaming it.")
-    from llm_recipes.model import check_quantization
-
     check_quantization(model_args, training_args, spec.name, spec.quantized_base)
 
 
@@ -292,17 +278,18 @@ def prepare(spec: StageSpec, argv=None, check=None, count_tokens=None) -> Run:
         check(run)
     counter = None
     if count_tokens and run.mixture.max_tokens:
-        run.tokenizer = load_run_tokenizer(run)
+        run.tokenizer = tokenizer_of(run)
         counter = count_tokens(run.tokenizer)
     run.data, run.report = build_mixture(run.mixture, spec.dataset_format, counter)
     logger.info("Dataset mixture (%s %s):\n%s", f"{run.report.total_examples:,}", spec.examples,
                 run.report.to_markdown())
     if run.tokenizer is None:
-        run.tokenizer = load_run_tokenizer(run)
+        run.tokenizer = tokenizer_of(run)
     return run
 
 
-def load_run_tokenizer(run: Run):
+def tokenizer_of(run: Run):
+    """The recipe's tokenizer: `tokenizer_name_or_path`, else the model's own."""
     from llm_recipes.model import load_tokenizer
 
     args, model_args = run.args, run.model_args

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm_recipes.atomic_files import write_atomically
 from llm_recipes.tiny_world.arithmetic import OperandPairs
 from llm_recipes.tiny_world.chats import build_preferences, build_rl, build_rl_safety, build_sft, build_tools
 from llm_recipes.tiny_world.domain import build_domain
@@ -89,20 +88,6 @@ def split_preferences(pairs: list[dict]) -> dict[str, list[dict]]:
     verifiable = [p for p in pairs if p["kind"] in ("math", "tool")]
     safety = [p for p in pairs if p["kind"] not in ("math", "tool")]
     return {"preferences/test_verifiable.jsonl": verifiable, "preferences/test_safety.jsonl": safety}
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict:

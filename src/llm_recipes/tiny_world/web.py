@@ -222,7 +222,11 @@ def build_web(rng: random.Random, pool: OperandPairs, quotable: list[dict], conf
             f"{q['question']} Answer: {q['answer']}." for q in quotes)
         pages.append({"defect": "contaminated", "text": story_around(rng, pool, paragraph),
                       "quotes": [q["question"] for q in quotes]})
+    return shuffled_rows_and_manifest(rng, pages)
 
+
+def shuffled_rows_and_manifest(rng: random.Random, pages: list[dict]) -> tuple[list[dict], dict]:
+    """The pages in a shuffled order as raw/web.jsonl rows, and the manifest naming each planted defect's page."""
     order = list(range(len(pages)))
     rng.shuffle(order)  # ids follow the shuffled order, so an id says nothing about its page's defect
     ids = {index: f"web-{position:06d}" for position, index in enumerate(order)}

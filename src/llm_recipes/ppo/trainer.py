@@ -1,35 +1,6 @@
-"""PPO for language models (RLHF form): our own trainer, since TRL 1.13+ no longer ships one.
-
-The algorithm is the one of Ziegler et al. (2019) and Ouyang et al. (2022), as "The N+ implementation details of
-RLHF with PPO" (Huang et al., 2024) and TRL's old PPOTrainer lay it out. Every PPO step:
-
-1. rollout: sample a reply to each prompt of the batch from the policy (temperature, top-p, at most
-   `max_completion_length` tokens, stopping on EOS); tokens after the first stop token are padding;
-2. scoring: the policy's and the reference's log-probabilities of the reply, the value model's value before each of its
-   tokens, and the reply's score: the weighted sum of the reward functions and reward models (`reward_funcs`,
-   `reward_weights`), less `missing_eos_penalty` when the reply never ended;
-3. per-token rewards: -kl_coef * KL(policy || reference) on every token (estimator k1, k2 or k3), and the score on the
-   last one; the KL coefficient is fixed or adapted towards `kl_target` (Ziegler et al.'s controller);
-4. advantages by GAE (gamma, lam), whitened over the batch; returns = advantages + values;
-5. `num_ppo_epochs` passes over the batch in `num_mini_batches` minibatches, each an optimizer step accumulated over
-   micro-batches of `per_device_train_batch_size`: clipped policy loss + vf_coef * clipped value loss.
-
-The maths are pure functions of tensors at the top of this file (tested on fixed tensors in tests/test_ppo_math.py).
-`PPOTrainer` subclasses transformers' Trainer for what Trainer does well (accelerator and DDP set-up, optimizer and
-scheduler, callbacks and `report_to`, checkpoints and their rotation) and replaces its loop with the PPO loop above.
-The policy and the value model train together as one module (`PolicyAndValue`), so one optimizer and one DDP
-wrapper cover both. A checkpoint holds the policy (as a model Transformers or peft reloads), the value model in
-`value_model/`, the KL coefficient, optimizer, scheduler and RNG states; a run resumes from it to the same weights.
-
-The value model is a sequence-classification model (a backbone and a one-output linear `score` head) applied to every
-position, not only the last. It starts from the reward model when there is one (its head already predicts the final
-score, so early value estimates are sensible), else from the policy's checkpoint with a new head, which
-scripts/ppo.py starts at zero (a random head's values are noise that drowns a sparse reward). The reference is a
-frozen copy of the starting policy or, with LoRA, the policy itself with its adapters disabled (no second copy).
-
-Several processes: data-parallel (DDP, `accelerate launch --multi_gpu`, or gloo on CPU). DeepSpeed and FSDP are
-refused: the frozen reference and reward models would need their own sharded set-up.
-"""
+"""`PPOTrainer`: the PPO loop on transformers' Trainer, its step in the named parts of TRL's RL trainers (rollout,
+score, update, metrics); and the value model's set-up (`load_value_model`). See llm_recipes/ppo/__init__.py for the
+algorithm."""
 
 import json
 import logging
@@ -38,8 +9,7 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -50,7 +20,6 @@ from transformers import (
     PreTrainedModel,
     Trainer,
     TrainerState,
-    TrainingArguments,
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
@@ -58,243 +27,26 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
-from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe, reward_help
+from llm_recipes.ppo.config import PPOConfig
+from llm_recipes.ppo.maths import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    prompt_indices,
+    response_mask,
+    token_rewards,
+)
+from llm_recipes.rewards import reward_funcs_from_recipe
 
 logger = logging.getLogger(__name__)
 
 PPO_STATE = "ppo_state.json"  # the KL coefficient (adaptive), kept in every checkpoint
 VALUE_MODEL_DIR = "value_model"
-
-
-# The maths, on tensors of shape (batch, response tokens) with a mask of the tokens that count.
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `values` where `mask` is true (over everything, or along `dim`)."""
-    mask = mask.to(values.dtype)
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of `values` where `mask` is true; unbiased (Bessel's correction) by default."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    if unbiased:
-        count = mask.sum()
-        if count < 2:
-            return torch.zeros_like(variance)
-        variance = variance * count / (count - 1)
-    return variance
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """`values` scaled to unit variance (and zero mean with `shift_mean`), the statistics taken where `mask` is
-    true; masked entries are returned as 0."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
-
-
-def response_mask(responses: torch.Tensor, stop_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which tokens of each response count: those up to and including its first stop token (all of them when it
-    has none). Returns the mask and whether each response ended with a stop token."""
-    is_stop = torch.isin(responses, torch.tensor(stop_token_ids, device=responses.device))
-    ended = is_stop.any(dim=1)
-    last = torch.where(ended, is_stop.int().argmax(dim=1), responses.shape[1] - 1)
-    positions = torch.arange(responses.shape[1], device=responses.device)
-    return positions[None, :] <= last[:, None], ended
-
-
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the log-probabilities of tokens sampled from the policy
-    (Schulman, "Approximating KL divergence"): k1 = log r, k2 = (log r)^2 / 2, k3 = (1/r - 1) + log r, with
-    r = policy / reference. k1 is unbiased but can be negative; k3 is unbiased and never negative."""
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kl_estimator: expects k1, k2 or k3, got {estimator!r}.")
-
-
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token rewards: -kl_coef * kl on every counted token, plus the sequence's score on its last one."""
-    rewards = -kl_coef * kl * mask
-    last = mask.long().sum(dim=1).clamp(min=1) - 1
-    rewards[torch.arange(len(scores), device=scores.device), last] += scores
-    return rewards
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation (Schulman et al., 2016), backwards over the tokens:
-    delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},  returns = A + V.
-    The value after the last counted token is 0 (the episode ends there); masked entries come back as 0."""
-    mask = mask.to(values.dtype)
-    values, rewards = values * mask, rewards * mask
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[:, 0])
-    for t in reversed(range(values.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
-
-
-def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
-    """PPO's clipped surrogate: mean over counted tokens of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), with
-    r = exp(logprobs - old_logprobs). Returns the loss, the fraction of tokens where clipping bit, and the
-    approximate KL to the rollout policy, mean((log r)^2) / 2."""
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = 0.5 * masked_mean(log_ratio.detach() ** 2, mask)
-    return loss, clipfrac, approx_kl
-
-
-def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
-    """PPO's clipped value loss: 0.5 * mean over counted tokens of max((V - R)^2, (V_clip - R)^2), with V_clip the
-    new value kept within cliprange_value of the rollout's. Returns the loss and the fraction clipped."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    unclipped_loss = (values - returns) ** 2
-    clipped_loss = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
-    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
-    return loss, clipfrac
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - Var(returns - values) / Var(returns) over counted tokens: 1 is a perfect value model, 0 no better than
-    a constant, negative worse than one."""
-    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
-
-
-class AdaptiveKLController:
-    """Ziegler et al. (2019): move kl_coef so that the observed KL approaches `target`, by at most 20% of the error
-    per `horizon` episodes: kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * episodes / horizon."""
-
-    def __init__(self, kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = kl_coef, target, horizon
-
-    def update(self, current_kl: float, episodes: int) -> None:
-        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + error * episodes / self.horizon
-
-
-def prompt_indices(num_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """The prompts of PPO step `step` (counted from 0): batches of a fresh shuffle of the data every epoch, the
-    last partial batch of an epoch dropped. A function of the step alone, so that a resumed run sees what an
-    uninterrupted one would."""
-    per_epoch = num_prompts // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"The training set has {num_prompts} prompts, fewer than one rollout batch ({batch_size}).")
-    epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch))
-    return order[index * batch_size : (index + 1) * batch_size].tolist()
-
-
-@dataclass
-class PPOConfig(TrainingArguments):
-    """Arguments of `PPOTrainer`: Transformers' TrainingArguments and PPO's own.
-
-    One PPO step collects `per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches` replies per
-    process (the rollout batch), then makes `num_ppo_epochs * num_mini_batches` optimizer steps on them. `max_steps`
-    counts PPO steps; so do `logging_steps`, `save_steps`, `eval_steps` and the learning-rate schedule.
-    """
-
-    # Rewards
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["answer_accuracy"],
-        metadata={"help": reward_help()},
-    )
-    reward_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "One weight per entry of reward_funcs, in order; the score is their weighted sum. "
-                  "Default: 1.0 each."},
-    )
-    missing_eos_penalty: float | None = field(
-        default=1.0,
-        metadata={"help": "Subtracted from the score of a reply that never emits a stop token (it ran into "
-                  "max_completion_length). null: no penalty."},
-    )
-    value_model_path: str | None = field(
-        default=None,
-        metadata={"help": "Checkpoint the value model starts from. Default: the first reward model of reward_funcs, "
-                  "else the policy's checkpoint (with a new one-output head)."},
-    )
-    # Rollouts
-    max_prompt_length: int = field(
-        default=512, metadata={"help": "Prompt tokens kept (the end of a longer prompt is kept, its start cut)."})
-    max_completion_length: int = field(default=64, metadata={"help": "Most tokens generated per reply."})
-    temperature: float = field(
-        default=0.7,
-        metadata={"help": "Sampling temperature of the rollouts; log-probabilities are taken at the same temperature "
-                  "so that the policy being trained is the one that sampled."},
-    )
-    top_p: float = field(
-        default=1.0,
-        metadata={"help": "Nucleus sampling of the rollouts. Below 1.0 the sampling distribution is no longer the "
-                  "policy's, which PPO's ratios assume; keep 1.0 unless you know why."},
-    )
-    local_rollout_forward_batch_size: int = field(
-        default=64,
-        metadata={"help": "Prompts per generation call and per scoring forward pass (a memory knob; the rollout "
-                  "batch is split into chunks of this size)."},
-    )
-    # PPO
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each rollout batch."})
-    num_mini_batches: int = field(
-        default=1, metadata={"help": "Minibatches (optimizer steps) per pass over a rollout batch."})
-    kl_coef: float = field(
-        default=0.05, metadata={"help": "Weight of the per-token KL penalty to the reference (its start value with "
-                                "adaptive_kl)."})
-    kl_estimator: Literal["k1", "k2", "k3"] = field(
-        default="k1",
-        metadata={"help": "Per-token KL estimator: k1 = log(p/q) (unbiased, can be negative), k3 = q/p - 1 - "
-                  "log(q/p) (unbiased, non-negative, lower variance), k2 = log(p/q)^2 / 2."},
-    )
-    adaptive_kl: bool = field(
-        default=False,
-        metadata={"help": "Adapt kl_coef so that the KL per reply approaches kl_target (Ziegler et al., 2019)."})
-    kl_target: float = field(default=6.0, metadata={"help": "KL per reply (nats) the adaptive controller aims at."})
-    kl_horizon: int = field(
-        default=10000, metadata={"help": "Episodes over which the adaptive controller closes most of the gap."})
-    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio (epsilon)."})
-    cliprange_value: float = field(
-        default=0.2, metadata={"help": "Clip range of the value update around the rollout's values."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
-    lam: float = field(default=0.95, metadata={"help": "Lambda of GAE (bias-variance trade-off of advantages)."})
-    whiten_rewards: bool = field(
-        default=False, metadata={"help": "Scale the per-token rewards to unit variance over the batch before GAE."})
-    whiten_advantages: bool = field(
-        default=True, metadata={"help": "Whiten advantages (zero mean, unit variance over the batch's tokens)."})
-    # Overrides of TrainingArguments' defaults, as TRL's configs make them.
-    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate (AdamW)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every this many PPO steps."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_reward_names(self.reward_funcs, self.reward_weights)
-        for key in ("num_ppo_epochs", "num_mini_batches", "max_completion_length", "local_rollout_forward_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}.")
-        if not 0 < self.top_p <= 1 or self.temperature <= 0:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1].")
-
-    @property
-    def local_rollout_batch_size(self) -> int:
-        """Replies each process generates per PPO step."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
 
 class PolicyAndValue(nn.Module):
@@ -574,24 +326,7 @@ class PPOTrainer(Trainer):
         steps_per_epoch = len(self.train_dataset) // global_batch
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
 
-        if resume_from_checkpoint is not None:
-            self._load_from_checkpoint(resume_from_checkpoint)
-        self.state = TrainerState(
-            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
-            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control]
-                                if isinstance(cb, ExportableState)])
-        self.state.compute_steps(args, max_steps)
-        if resume_from_checkpoint is not None:
-            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
-        self.state.max_steps, self.state.num_train_epochs = max_steps, math.ceil(max_steps / steps_per_epoch)
-        self.create_optimizer()
-        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.create_scheduler(num_training_steps=max_steps)
-        if resume_from_checkpoint is not None:
-            self._load_optimizer_and_scheduler(resume_from_checkpoint)
-            self._load_rng_state(resume_from_checkpoint)
-        for attr in ("model", "optimizer", "lr_scheduler"):
-            setattr(self.callback_handler, attr, getattr(self, attr))
+        self._set_up_training(resume_from_checkpoint, max_steps, steps_per_epoch)
 
         start_time, start_step = time.time(), self.state.global_step
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
@@ -625,6 +360,31 @@ class PPOTrainer(Trainer):
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         self.is_in_train = False
         return TrainOutput(self.state.global_step, None, metrics)
+
+    def _set_up_training(self, resume_from_checkpoint: str | None, max_steps: int, steps_per_epoch: int) -> None:
+        """Trainer's state, optimizer and scheduler, restored from the checkpoint when resuming. Trainer has no
+        public hook for a loop of its own, so its private loaders are called as its own `_inner_training_loop`
+        calls them: the model weights, the optimizer and scheduler states, and the RNG states (which make a resumed
+        run sample the same rollouts as an uninterrupted one)."""
+        args = self.args
+        if resume_from_checkpoint is not None:
+            self._load_from_checkpoint(resume_from_checkpoint)
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(), is_world_process_zero=self.is_world_process_zero(),
+            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control]
+                                if isinstance(cb, ExportableState)])
+        self.state.compute_steps(args, max_steps)
+        if resume_from_checkpoint is not None:
+            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+        self.state.max_steps, self.state.num_train_epochs = max_steps, math.ceil(max_steps / steps_per_epoch)
+        self.create_optimizer()
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.create_scheduler(num_training_steps=max_steps)
+        if resume_from_checkpoint is not None:
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_rng_state(resume_from_checkpoint)
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
 
     def _ppo_step(self, global_batch: int) -> dict[str, float]:
         """One PPO step, in the named parts of TRL's RL trainers: rollout, score, update, metrics. Returns the
@@ -795,6 +555,10 @@ class PPOTrainer(Trainer):
 
     # Saving and resuming
 
+    # Trainer's checkpointing (folder naming, rotation, optimizer/scheduler/RNG states, the trainer state written last)
+    # is reused as is; its private `_save_checkpoint`, `_save` and `_load_from_checkpoint` are the places where what a
+    # checkpoint holds is decided, and PPO's checkpoint holds more: the value model and the KL coefficient.
+
     def _save_checkpoint(self, model, trial=None) -> None:
         self._saving_checkpoint = True
         try:
@@ -834,4 +598,3 @@ class PPOTrainer(Trainer):
         if missing or load_result.unexpected_keys:
             raise ValueError(f"The checkpoint does not match the model: missing {missing}, unexpected "
                              f"{load_result.unexpected_keys}.")
-
