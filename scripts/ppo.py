@@ -16,6 +16,9 @@ answer_accuracy): list them under `columns:`. The held-out prompts are answered 
 a PPO step's seconds went (generation, scoring, training).
 """
 
+# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
+import llm_recipes  # noqa: F401, I001
+
 from peft import get_peft_model
 from trl import ModelConfig, get_peft_config
 

@@ -10,10 +10,13 @@ A run of the same recipe that was cut off resumes where datatrove left it; any o
 `executor: slurm` the stages are submitted as a chain of job arrays whose last job writes the report.
 """
 
+# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
+import llm_recipes  # noqa: F401, I001
+
 import time
 
 from llm_recipes import stage
-from llm_recipes.curation import Plan, PrepareDataArguments, finish, start
+from llm_recipes.curation import Plan, PrepareDataArguments, prepare_run, write_report
 from llm_recipes.recipe import RecipeParser
 
 ARGUMENTS = (PrepareDataArguments,)
@@ -29,12 +32,12 @@ def main(argv=None):
         return
 
     started = time.time()
-    start(args)
+    prepare_run(args)
     plan.run()
     if args.executor == "slurm":
         print(f"Submitted; the last job writes {args.output_dir}/summary.md and marks the stage complete.")
         return
-    summary = finish(plan, seconds=time.time() - started)
+    summary = write_report(plan, seconds=time.time() - started)
     print((plan.output_dir / "summary.md").read_text())
     stage.mark_complete(args.output_dir, summary)
 

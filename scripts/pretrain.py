@@ -8,6 +8,9 @@ The model is built from the recipe's `model_config` (from scratch) or loaded fro
 pretraining). Documents are tokenized, joined with EOS and cut into full blocks of `max_seq_length` tokens.
 """
 
+# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
+import llm_recipes  # noqa: F401, I001
+
 import math
 from dataclasses import dataclass, field
 

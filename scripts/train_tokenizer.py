@@ -7,6 +7,9 @@ fallback of sentencepiece-style tokenizers comes for free). Digits can be split 
 models need to learn arithmetic. Prints fertility (tokens per word) and bytes per token on held-out text.
 """
 
+# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
+import llm_recipes  # noqa: F401, I001
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llm_recipes.ppo import (
+from llm_recipes.ppo.maths import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,

@@ -7,7 +7,6 @@ a large one cut, and the mixture report says what each source contributed.
 """
 
 import bisect
-import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ from typing import Any, Callable
 
 import datasets
 
-from llm_recipes.recipe import RecipeError, unknown_key_message
+from llm_recipes.recipe import RecipeError
+from llm_recipes.values import checked_values
 
 logger = logging.getLogger(__name__)
 
@@ -137,16 +137,7 @@ def _checked_fields(cls, value: Any, where: str) -> dict:
         return {"path": value}  # `- data/train.jsonl` is shorthand for `- path: data/train.jsonl`
     if not isinstance(value, dict):
         raise RecipeError(f"{where}: expected a mapping, got {value!r}.")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in value:
-        if key not in names:
-            raise RecipeError(unknown_key_message(key, names, where))
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    for key in required:
-        if key not in value:
-            raise RecipeError(f"{where}: missing required key '{key}'.")
-    return dict(value)
+    return checked_values(cls, value, where, required=True, list_valid_keys=False)
 
 
 def check_format(columns: list[str], fmt: str, source: str) -> tuple[str, ...]:

@@ -9,11 +9,14 @@ import dataclasses
 import difflib
 import os
 import sys
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 from trl import TrlParser
+
+from llm_recipes.values import expected_type, value_fits
 
 # Keys that hold credentials: they end up in logs, process lists and model cards, so recipes may not set them.
 SECRET_KEYS = {"hub_token"}
@@ -51,50 +54,25 @@ def unknown_key_message(
     return f"{where}: unknown key '{key}'.{did_you_mean} {help_hint}".rstrip()
 
 
-def _expected_type(action) -> str | None:
-    """A readable name of what an argparse action accepts, or None when it takes anything."""
+def _annotation(action):
+    """What an argparse action accepts, as the annotation `llm_recipes.values` checks a value against: its choices,
+    int, float or bool (HfArgumentParser has already turned the dataclass field's annotation into these)."""
     if action.choices is not None:
-        return "one of " + ", ".join(repr(str(c)) for c in action.choices)
+        return typing.Literal[tuple(str(c) for c in action.choices)]
     if action.type in (int, float):
-        return "an integer" if action.type is int else "a number"
+        return action.type
     if getattr(action.type, "__name__", "") == "string_to_bool":
-        return "true or false"
+        return bool
     return None
 
 
 def _value_fits(action, value) -> bool:
     if value is None:
         return True  # every optional field accepts null; required ones are checked by the dataclass
+    # argparse converts what the recipe wrote with the action's type, so a string it converts fits.
     if action.nargs in ("+", "*") and isinstance(value, list):
-        return all(_value_fits_scalar(action, v) for v in value)
-    return _value_fits_scalar(action, value)
-
-
-def _value_fits_scalar(action, value) -> bool:
-    if action.choices is not None:
-        choices = {str(c) for c in action.choices}
-        return str(getattr(value, "value", value)) in choices
-    if getattr(action.type, "__name__", "") == "string_to_bool":
-        return isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
-    if action.type is int:
-        if isinstance(value, bool):
-            return False
-        if isinstance(value, int):
-            return True
-        try:
-            int(str(value))
-        except ValueError:
-            return False
-        return True
-    if action.type is float:
-        if isinstance(value, bool):
-            return False
-        try:
-            float(value)
-        except (TypeError, ValueError):
-            return False
-        return True
-    return True
+        return all(value_fits(_annotation(action), v, from_text=True) for v in value)
+    return value_fits(_annotation(action), value, from_text=True)
 
 
 def world_size() -> int:
@@ -157,7 +135,7 @@ class RecipeParser(TrlParser):
                 raise RecipeError(unknown_key_message(key, actions, where))
             action = actions[key]
             if not _value_fits(action, value):
-                expected = _expected_type(action)
+                expected = expected_type(_annotation(action))
                 raise RecipeError(f"{where}: key '{key}' expects {expected}, got {value!r}.")
 
     def _check_command_line(self, args: list[str]) -> None:

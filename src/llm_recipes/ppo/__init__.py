@@ -32,22 +32,6 @@ refused: the frozen reference and reward models would need their own sharded set
 """
 
 from llm_recipes.ppo.config import PPOConfig
-from llm_recipes.ppo.maths import (
-    AdaptiveKLController,
-    clipped_policy_loss,
-    clipped_value_loss,
-    explained_variance,
-    gae,
-    kl_penalty,
-    masked_mean,
-    masked_var,
-    masked_whiten,
-    prompt_indices,
-    response_mask,
-    token_rewards,
-)
 from llm_recipes.ppo.trainer import PolicyAndValue, PPOTrainer, load_value_model
 
-__all__ = ["AdaptiveKLController", "PPOConfig", "PPOTrainer", "PolicyAndValue", "clipped_policy_loss",
-           "clipped_value_loss", "explained_variance", "gae", "kl_penalty", "load_value_model", "masked_mean",
-           "masked_var", "masked_whiten", "prompt_indices", "response_mask", "token_rewards"]
+__all__ = ["PPOConfig", "PPOTrainer", "PolicyAndValue", "load_value_model"]

@@ -27,20 +27,8 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
+from llm_recipes.ppo import maths
 from llm_recipes.ppo.config import PPOConfig
-from llm_recipes.ppo.maths import (
-    AdaptiveKLController,
-    clipped_policy_loss,
-    clipped_value_loss,
-    explained_variance,
-    gae,
-    kl_penalty,
-    masked_mean,
-    masked_whiten,
-    prompt_indices,
-    response_mask,
-    token_rewards,
-)
 from llm_recipes.rewards import reward_funcs_from_recipe
 
 logger = logging.getLogger(__name__)
@@ -190,7 +178,7 @@ class PPOTrainer(Trainer):
             self.reward_funcs.append(func)
             self.reward_processing_classes.append(tokenizer)
 
-        self.kl_controller = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+        self.kl_controller = maths.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
         eos = model.generation_config.eos_token_id
         self.stop_token_ids = sorted({processing_class.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
                                      - {None})
@@ -389,7 +377,7 @@ class PPOTrainer(Trainer):
     def _ppo_step(self, global_batch: int) -> dict[str, float]:
         """One PPO step, in the named parts of TRL's RL trainers: rollout, score, update, metrics. Returns the
         step's metrics, averaged over processes."""
-        indices = prompt_indices(len(self.train_dataset), global_batch, self.state.global_step, self.args.seed)
+        indices = maths.prompt_indices(len(self.train_dataset), global_batch, self.state.global_step, self.args.seed)
         accelerator = self.accelerator
         examples = [self.train_dataset[i] for i in indices[accelerator.process_index :: accelerator.num_processes]]
         self.model_wrapped.train()
@@ -410,7 +398,7 @@ class PPOTrainer(Trainer):
         """Sample a reply to each prompt from the policy; tokens after the first stop token are padding."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
         responses = self._generate(queries, query_mask, self.generation_config)
-        mask, ended = response_mask(responses, self.stop_token_ids)
+        mask, ended = maths.response_mask(responses, self.stop_token_ids)
         return Rollout(queries, query_mask, responses, mask, ended)
 
     def _score(self, rollout: Rollout, examples: list[dict]) -> Scored:
@@ -423,15 +411,15 @@ class PPOTrainer(Trainer):
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~rollout.ended).float()
         maskf = rollout.mask.float()
-        kl = kl_penalty(forward["logprobs"], forward["ref_logprobs"], args.kl_estimator) * maskf
+        kl = maths.kl_penalty(forward["logprobs"], forward["ref_logprobs"], args.kl_estimator) * maskf
         kl_coef = self.kl_controller.value
-        rewards = token_rewards(scores, kl, kl_coef, maskf)
+        rewards = maths.token_rewards(scores, kl, kl_coef, maskf)
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+            rewards = maths.masked_whiten(rewards, maskf, shift_mean=False)
         values = forward["values"] * maskf
-        advantages, returns = gae(rewards, values, maskf, args.gamma, args.lam)
+        advantages, returns = maths.gae(rewards, values, maskf, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = masked_whiten(advantages, maskf)
+            advantages = maths.masked_whiten(advantages, maskf)
         return Scored(forward["logprobs"], values, per_func, scores, kl, kl_coef, advantages, returns, maskf)
 
     def _update(self, rollout: Rollout, scored: Scored) -> dict[str, list]:
@@ -464,19 +452,19 @@ class PPOTrainer(Trainer):
         logits, new_values = self.model_wrapped(*inputs, response_length=rollout.responses.shape[1])
         logits = logits.float() / args.temperature
         new_logprobs = selective_log_softmax(logits, rollout.responses[idx])
-        pg_loss, pg_clipfrac, approx_kl = clipped_policy_loss(
+        pg_loss, pg_clipfrac, approx_kl = maths.clipped_policy_loss(
             new_logprobs, scored.logprobs[idx], scored.advantages[idx], maskf, args.cliprange)
-        vf_loss, vf_clipfrac = clipped_value_loss(
+        vf_loss, vf_clipfrac = maths.clipped_value_loss(
             new_values, scored.values[idx], scored.returns[idx], maskf, args.cliprange_value)
         self.accelerator.backward((pg_loss + args.vf_coef * vf_loss) / accumulation)
         with torch.no_grad():
-            stats["policy/entropy_avg"].append(masked_mean(entropy_from_logits(logits), maskf))
+            stats["policy/entropy_avg"].append(maths.masked_mean(entropy_from_logits(logits), maskf))
             stats["policy/clipfrac_avg"].append(pg_clipfrac)
             stats["policy/approxkl_avg"].append(approx_kl)
             stats["loss/policy_avg"].append(pg_loss.detach())
             stats["loss/value_avg"].append(vf_loss.detach())
             stats["val/clipfrac_avg"].append(vf_clipfrac)
-            stats["val/ratio"].append(masked_mean(torch.exp(new_logprobs - scored.logprobs[idx]), maskf))
+            stats["val/ratio"].append(maths.masked_mean(torch.exp(new_logprobs - scored.logprobs[idx]), maskf))
 
     def _step_metrics(self, rollout: Rollout, scored: Scored, stats: dict, global_batch: int) -> dict[str, float]:
         """The step's objective, value and reward metrics averaged over processes; adapts the KL coefficient."""
@@ -488,7 +476,7 @@ class PPOTrainer(Trainer):
             "objective/entropy": (-scored.logprobs * maskf).sum(dim=1).mean(),
             "objective/non_score_reward": (-kl_coef * sequence_kl).mean(),
             "objective/rlhf_reward": (scored.scores - kl_coef * sequence_kl).mean(),
-            "val/explained_variance": explained_variance(scored.values, scored.returns, maskf),
+            "val/explained_variance": maths.explained_variance(scored.values, scored.returns, maskf),
             "val/num_eos_tokens": rollout.ended.float().sum(),
             "response_length": maskf.sum(dim=1).mean(),
             **{k: torch.stack(v).mean() for k, v in stats.items()},
@@ -536,7 +524,7 @@ class PPOTrainer(Trainer):
         reference, reply tokens, replies that ended, and per reward function its sum and the replies it scored."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
         responses = self._generate(queries, query_mask, self.eval_generation_config)
-        mask, ended = response_mask(responses, self.stop_token_ids)
+        mask, ended = maths.response_mask(responses, self.stop_token_ids)
         input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       logits_to_keep=responses.shape[1] + 1, use_cache=False)

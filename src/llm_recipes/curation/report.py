@@ -1,0 +1,97 @@
+"""The report of a `prepare_data` run: datatrove's per-task stats merged per job (`stats.json`), documents in and
+out of every step with the reasons for what was dropped (`summary.md`), and the summary for `stage_complete.json`.
+`plan.write_report` writes them. The report calls each datatrove job a stage, as its logs folder (`logs/<stage>/`) does.
+"""
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datatrove.pipeline.dedup import ExactDedupFilter, MinhashDedupFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.stats import PipelineStats
+
+from llm_recipes.curation.config import DATA, LOGS
+
+if TYPE_CHECKING:  # plan.py imports this module
+    from llm_recipes.curation.plan import DatatroveJob
+
+
+def merged_stats(output_dir: Path, job: "DatatroveJob") -> list[dict]:
+    """datatrove's per-task stats of one job, summed (as its merge_stats tool does), one dict per step."""
+    per_task = sorted((output_dir / LOGS / job.name / "stats").glob("*.json"))
+    merged = sum((PipelineStats.from_json(json.loads(p.read_text())) for p in per_task), start=PipelineStats())
+    return [{"step": label, **stats.to_dict()} for label, stats in zip(job.labels, merged.stats)]
+
+
+def _total(stats: dict, key: str) -> int:
+    value = stats.get("stats", {}).get(key, 0)
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def step_rows(jobs: list["DatatroveJob"], stats: dict[str, list[dict]]) -> list[dict]:
+    """Documents in and out of every step that documents flow through, and why the dropped ones were dropped."""
+    rows = []
+    for job in jobs:
+        for step, step_stats in zip(job.steps, stats[job.name]):
+            label = step_stats["step"]
+            counts = step_stats.get("stats", {})
+            characters = _total(step_stats, "doc_len")
+            row = {"stage": job.name, "step": label, "in": None, "out": None, "dropped": None,
+                   "characters_out": characters or None, "details": ""}
+            if isinstance(step, (JsonlReader, ParquetReader, HuggingFaceDatasetReader)):
+                if job.name != "filter":
+                    continue  # re-reading an intermediate folder is not a step of the preparation
+                row["out"] = _total(step_stats, "documents")
+            elif isinstance(step, (BaseFilter, ExactDedupFilter, MinhashDedupFilter)):
+                row["in"], row["out"] = _total(step_stats, "total"), _total(step_stats, "forwarded")
+                row["dropped"] = _total(step_stats, "dropped")
+                reasons = {k.removeprefix("dropped_"): _total(step_stats, k)
+                           for k in counts if k.startswith("dropped_")}
+                row["details"] = ", ".join(f"{k}: {v:,}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            elif isinstance(step, BaseFormatter):
+                row["in"] = row["out"] = _total(step_stats, "total")
+                row["dropped"] = 0
+                row["details"] = f"redacted in {_total(step_stats, 'documents_redacted'):,} documents"
+            elif isinstance(step, JsonlWriter) and job is jobs[-1]:
+                row["out"] = _total(step_stats, "total")
+            else:
+                continue
+            rows.append(row)
+    return rows
+
+
+def run_summary(rows: list[dict], seconds: float, data: Path) -> dict:
+    """What `stage_complete.json` says of a run: documents read and written, time, the dataset and every step."""
+    documents_in = sum(r["out"] for r in rows if r["stage"] == "filter" and r["step"].startswith("read "))
+    return {
+        "stage": "prepare_data", "documents_in": documents_in, "documents_out": rows[-1]["out"],
+        "seconds": round(seconds, 2), "documents_per_second": round(documents_in / max(seconds, 1e-9), 1),
+        "data": str(data),
+        "steps": [{k: r[k] for k in ("stage", "step", "in", "out", "dropped")} for r in rows],
+    }
+
+
+def summary_markdown(rows: list[dict], summary: dict) -> str:
+    def cell(value):
+        return "" if value is None else f"{value:,}"
+
+    lines = [
+        "# Data preparation",
+        "",
+        f"{summary['documents_in']:,} documents read, {summary['documents_out']:,} written to `{DATA}/` "
+        f"({summary['documents_out'] / max(summary['documents_in'], 1):.1%}) in {summary['seconds']:.0f} s "
+        f"({summary['documents_per_second']:.0f} documents/s).",
+        "",
+        "| stage | step | documents in | documents out | dropped | characters out | details |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['step']} | {cell(r['in'])} | {cell(r['out'])} | {cell(r['dropped'])} | "
+                     f"{cell(r['characters_out'])} | {r['details']} |")
+    lines += ["", "Every step's full datatrove stats are in `stats.json`; its logs in `logs/<stage>/`."]
+    return "\n".join(lines) + "\n"
+
