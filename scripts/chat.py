@@ -7,9 +7,7 @@ Type a message and press Enter. `/reset` starts the conversation again, `/exit` 
 read from a pipe work the same, so a conversation can be scripted: `printf 'What is 2 + 3?\\n' | python ...`.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import sys
 from dataclasses import dataclass, field
 

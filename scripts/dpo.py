@@ -14,9 +14,7 @@ TRL's reward accuracy and margin (0 for the parent by construction) and the poli
 (`eval_preference_accuracy`, `eval_logp_margin`: llm_recipes/preference_eval.py).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 from llm_recipes import stage

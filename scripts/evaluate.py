@@ -9,9 +9,7 @@ times with different seeds and `repeats.json` gives each metric's mean, spread a
 checkpoint (same files, tasks and settings) is not evaluated again.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

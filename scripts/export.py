@@ -14,9 +14,7 @@
    `hub_model_id` (`hub_dry_run: true` writes exactly what would be uploaded, beside the output folder).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import shutil
 import tempfile
 import time

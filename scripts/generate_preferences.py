@@ -13,9 +13,7 @@ Judges (`judge`):
 Pairs whose scores differ by less than `min_margin` are skipped: a tie teaches nothing.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import json
 import random
 import time

@@ -11,9 +11,7 @@ folder or Hub id) and `reward_weights` weighs them. Generation runs through Tran
 `use_vllm: true` with `vllm_mode: colocate` (same GPUs) or `server` (`trl vllm-serve` on its own GPUs).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config

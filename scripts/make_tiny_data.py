@@ -7,9 +7,7 @@ The same seed gives byte-identical files. `manifest.json` lists every file with 
 in the raw web corpus, so that data preparation can be scored against it.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import time
 from dataclasses import dataclass, field
 

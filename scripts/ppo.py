@@ -16,9 +16,7 @@ answer_accuracy): list them under `columns:`. The held-out prompts are answered 
 a PPO step's seconds went (generation, scoring, training).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 from peft import get_peft_model
 from trl import ModelConfig, get_peft_config
 
@@ -56,12 +54,7 @@ def main(argv=None):
     model_args, training_args, held_out = run.model_args, run.training_args, run.eval_dataset
     check_reward_columns(training_args.reward_funcs, run.data)
     if run.args.dry_run:
-        print(f"rollout batch per process:  {training_args.local_rollout_batch_size} prompts "
-              f"(per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches)")
-        print(f"optimizer steps per PPO step: {training_args.num_ppo_epochs * training_args.num_mini_batches}")
-        print(f"devices:                    {training_args.world_size}")
-        print(f"training prompts:           {len(run.data['train']):,}")
-        print(f"PPO steps:                  {training_args.max_steps}")
+        print(training_args.dry_run_plan(len(run.data["train"])))
         return
 
     trust_remote_code, peft_config = run.args.trust_remote_code, get_peft_config(model_args)

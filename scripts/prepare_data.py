@@ -10,9 +10,7 @@ A run of the same recipe that was cut off resumes where datatrove left it; any o
 `executor: slurm` the stages are submitted as a chain of job arrays whose last job writes the report.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import time
 
 from llm_recipes import stage

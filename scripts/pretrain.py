@@ -8,9 +8,7 @@ The model is built from the recipe's `model_config` (from scratch) or loaded fro
 pretraining). Documents are tokenized, joined with EOS and cut into full blocks of `max_seq_length` tokens.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import math
 from dataclasses import dataclass, field
 
@@ -51,8 +49,7 @@ SPEC = stage.StageSpec("pretrain", ARGUMENTS, DATASET_FORMAT, streaming=False)
 
 
 def sized_model(run: stage.Run):
-    """The model's shape on the meta device (its vocabulary from the tokenizer, once loaded): checks the
-    architecture keys before any data is read."""
+    """The model's shape on the meta device: checks the architecture keys before any data is read."""
     args, model_args = run.args, run.model_args
     if not (model_args.model_name_or_path or args.model_config):
         raise RecipeError("Set model_name_or_path (continue from a checkpoint) or model_config (from scratch).")

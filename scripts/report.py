@@ -8,9 +8,7 @@ It reads what the stages wrote, and computes nothing new: lm-eval results of eve
 checkpoints gave to the same prompts (lm-eval's logged samples).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import argparse
 import json
 import math

@@ -12,9 +12,7 @@ data have one. Data are preference pairs (TRL's format: `prompt`, `chosen`, `rej
 before training (the untrained head, `eval_on_start`) and after: pair accuracy per named set, margin and loss.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import datasets
 from trl import ModelConfig, RewardConfig, RewardTrainer, get_peft_config, get_quantization_config
 

@@ -8,9 +8,7 @@
 Completed stages are skipped, a stage that was cut off resumes, and the first failure stops the run.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import argparse
 import sys
 

@@ -12,9 +12,7 @@ flash attention, or on CPU sdpa's block-diagonal mask, which costs (tokens in th
 LoRA adapter, and `load_in_4bit: true` on 4-bit NF4 base weights (QLoRA, CUDA only).
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from trl.data_utils import is_conversational
 

@@ -7,9 +7,7 @@ fallback of sentencepiece-style tokenizers comes for free). Digits can be split 
 models need to learn arithmetic. Prints fertility (tokens per word) and bytes per token on held-out text.
 """
 
-# Before any library: the package keeps known library start-up noise out of the log (llm_recipes/__init__.py).
-import llm_recipes  # noqa: F401, I001
-
+import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +90,11 @@ def main(argv=None):
         raise RecipeError(f"added_tokens: {sorted(clash)} are special_tokens already; list each token once.")
     if args.pad_token == args.eos_token:
         raise RecipeError("pad_token must differ from eos_token, or padding is learned as the end of text.")
+    # Byte-level BPE starts from the 256 bytes and the special tokens; a smaller vocab_size is silently raised.
+    floor = len(pre_tokenizers.ByteLevel.alphabet()) + len(args.special_tokens)
+    if args.vocab_size < floor:
+        raise RecipeError(f"vocab_size: {args.vocab_size} is smaller than the byte alphabet and the special tokens "
+                          f"({floor}); give at least {floor} (plus the merges to learn).")
     template = None
     if args.chat_template:
         template_path = Path(repo_path(args.chat_template))

@@ -252,3 +252,18 @@ def test_slurm_recipe_builds_a_picklable_chain_of_slurm_jobs(tmp_path):
     assert all(later.depends is earlier for earlier, later in zip(executors, executors[1:]))
     assert executors[0].partition == args.slurm["partition"] and executors[0].tasks == args.tasks
     dill.loads(dill.dumps(executors[-1]))  # what a slurm job unpickles
+
+
+def test_unreadable_lines_fail_the_run_unless_skipped_and_then_they_are_counted(tmp_path):
+    # A byte that is not UTF-8 in the middle of a file: datatrove alone stops reading the file there and succeeds.
+    pages = [json.dumps({"id": str(i), "text": f"Page {i} is about bread and the baker."}).encode() for i in range(6)]
+    source = tmp_path / "web.jsonl"
+    source.write_bytes(b"\n".join(pages[:3] + [b'{"id": "bad", "text": "caf\xe9"}'] + pages[3:]) + b"\n")
+    with pytest.raises(RecipeError, match=f"{source}, line 4: byte .* is not UTF-8"):
+        prepare_unfiltered(tmp_path, [f"{{source: web, path: {source}}}"])
+    assert not (tmp_path / "out").exists()
+    rows = prepare_unfiltered(tmp_path, [f"{{source: web, path: {source}}}"], extra="skip_bad_records: true\n")
+    assert sorted(rows) == [str(i) for i in range(6)]  # every readable line, the ones after the bad one too
+    summary = json.loads((tmp_path / "out" / "stage_complete.json").read_text())
+    assert summary["documents_skipped"] == 1 and summary["documents_in"] == 6
+    assert "1 unreadable source lines were skipped" in (tmp_path / "out" / "summary.md").read_text()

@@ -149,3 +149,72 @@ def test_global_batch_and_a_contradicting_accumulation_are_refused(monkeypatch):
     with pytest.raises(RecipeError, match="needs gradient_accumulation_steps 8, but the recipe sets 2"):
         accumulation(monkeypatch, 1, global_batch_size=64, per_device_train_batch_size=8,
                      gradient_accumulation_steps=2)
+
+
+ALIGNMENT_HANDBOOK_SFT = """\
+model_name_or_path: mistralai/Mistral-7B-v0.1
+torch_dtype: bfloat16
+dataset_mixture:
+  datasets:
+    - id: HuggingFaceH4/ultrachat_200k
+      config: default
+      split: train_sft
+      columns: [messages]
+      weight: 1.0
+  seed: 0
+bf16: true
+eval_strategy: epoch
+gradient_accumulation_steps: 2
+learning_rate: 2.0e-05
+lr_scheduler_type: cosine
+max_seq_length: 2048
+num_train_epochs: 1
+output_dir: data/zephyr-7b-sft-full
+overwrite_output_dir: true
+per_device_train_batch_size: 16
+seed: 42
+warmup_ratio: 0.1
+"""
+
+ALIGNMENT_HANDBOOK_DPO = """\
+model_name_or_path: alignment-handbook/zephyr-7b-sft-full
+torch_dtype: bfloat16
+dataset_mixture:
+  datasets:
+    - {id: HuggingFaceH4/ultrafeedback_binarized, config: default, split: train_prefs, columns: [chosen, rejected]}
+beta: 0.01
+learning_rate: 5.0e-7
+max_length: 1024
+max_prompt_length: 512
+output_dir: data/zephyr-7b-dpo-full
+warmup_ratio: 0.1
+"""
+
+
+@pytest.mark.parametrize("stage, recipe, messages", [
+    ("sft", ALIGNMENT_HANDBOOK_SFT, ["'torch_dtype'. Use 'dtype'", "'max_seq_length'. Use 'max_length'",
+                                     "'overwrite_output_dir' is gone", "'warmup_ratio'. Use 'warmup_steps'"]),
+    ("dpo", ALIGNMENT_HANDBOOK_DPO, ["'torch_dtype'. Use 'dtype'", "'max_prompt_length' is gone",
+                                     "'warmup_ratio'. Use 'warmup_steps'"]),
+])
+def test_an_alignment_handbook_recipe_gets_every_renamed_key_named_at_once(stage, recipe, messages, tmp_path):
+    from conftest import load_script
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe)
+    with pytest.raises(RecipeError) as error:
+        RecipeParser(load_script(stage).ARGUMENTS).parse_or_raise(["--config", str(path)])
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{len(messages)} problems in the recipe:"
+    for message, line in zip(messages, lines[1:], strict=True):
+        assert line.startswith(f"{path}: ") and message in line
+    # Once the keys are renamed, the recipe parses, the mixture's `id` and `config` included.
+    fixed = recipe.replace("torch_dtype", "dtype").replace("max_seq_length", "max_length")
+    fixed = "\n".join(line for line in fixed.splitlines()
+                      if not line.startswith(("overwrite_output_dir", "max_prompt_length", "warmup_ratio")))
+    path.write_text(fixed.replace("bf16: true", "") + "\nwarmup_steps: 0.1\nuse_cpu: true\n")  # this machine: CPU
+    args = RecipeParser(load_script(stage).ARGUMENTS).parse_or_raise(["--config", str(path)])[0]
+    from llm_recipes.data import DatasetMixture
+
+    source = DatasetMixture.from_recipe(args.dataset_mixture).datasets[0]
+    assert source.path.startswith("HuggingFaceH4/") and source.name == "default"

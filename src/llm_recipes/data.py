@@ -8,6 +8,7 @@ a large one cut, and the mixture report says what each source contributed.
 
 import bisect
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,9 @@ def _checked_fields(cls, value: Any, where: str) -> dict:
         return {"path": value}  # `- data/train.jsonl` is shorthand for `- path: data/train.jsonl`
     if not isinstance(value, dict):
         raise RecipeError(f"{where}: expected a mapping, got {value!r}.")
+    if cls is DatasetSource:
+        # alignment-handbook's names for a dataset's Hub id and config: its recipes come over as they are.
+        value = {{"id": "path", "config": "name"}.get(key, key): v for key, v in value.items()}
     return checked_values(cls, value, where, required=True, list_valid_keys=False)
 
 
@@ -165,8 +169,68 @@ def check_declared_columns(mixture: DatasetMixture, fmt: str) -> None:
             check_format(renamed, fmt, source.describe())
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def local_json_files(source: DatasetSource) -> list[str]:
+    """The local JSON Lines files a source reads (none for a Hub dataset or another format)."""
+    kwargs = source.load_kwargs(streaming=False)
+    if kwargs["path"] != "json":
+        return []
+    files = kwargs["data_files"]
+    files = [files] if isinstance(files, str) else list(files.values()) if isinstance(files, dict) else list(files)
+    return [f for f in files if isinstance(f, str) and f.endswith(".jsonl") and Path(f).is_file()]
+
+
+def row_problem(row: dict, fmt: str) -> str | None:
+    """What is wrong with one row of a stage's data that its columns alone do not show, or None."""
+    messages = row.get("messages")
+    if fmt == "conversational" and isinstance(messages, list):
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                return f"messages[{i}] is not a mapping of role and content"
+            if message.get("role") not in ROLES:
+                return f"messages[{i}] has the role {message.get('role')!r}; roles are {', '.join(ROLES)}"
+            content = message.get("content")
+            if not isinstance(content, str) and not (content is None and message.get("tool_calls")):
+                return f"messages[{i}] ({message['role']}) has content {content!r}; content must be text"
+    if fmt == "preference" and "chosen" in row and row.get("chosen") == row.get("rejected"):
+        return "the chosen reply is the rejected one, so the pair teaches nothing"
+    return None
+
+
+def check_json_lines(path: str, fmt: str) -> None:
+    """Read a JSON Lines file strictly before `datasets` does (it names neither file nor line): UTF-8, one JSON
+    object per line, at least one row, and each row sound for the stage's format."""
+    rows = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetFormatError(f"{where}: byte {e.start + 1} is not UTF-8 ({raw[e.start:e.start + 1]!r}); "
+                                         "save the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetFormatError(f"{where}: not valid JSON ({e.msg} at column {e.colno}).") from None
+            if not isinstance(row, dict):
+                raise DatasetFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}.")
+            problem = row_problem(row, fmt)
+            if problem:
+                raise DatasetFormatError(f"{where}: {problem}.")
+            rows += 1
+    if rows == 0:
+        raise DatasetFormatError(f"{path}: the file is empty; a dataset needs at least one row.")
+
+
 def load_source(source: DatasetSource, fmt: str, streaming: bool = False):
     """Load one source, keep and rename the columns the recipe asks for, and check it has `fmt`'s columns."""
+    for path in local_json_files(source):
+        check_json_lines(path, fmt)
     try:
         dataset = datasets.load_dataset(**source.load_kwargs(streaming))
     except FileNotFoundError as e:

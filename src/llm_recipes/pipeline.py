@@ -7,6 +7,7 @@ launched again and resumes from its last complete checkpoint. The first failure 
 stage's log file.
 """
 
+import dataclasses
 import os
 import re
 import shlex
@@ -21,6 +22,20 @@ import yaml
 
 from llm_recipes.recipe import RecipeError, closest_key, repo_path, unknown_key_message
 from llm_recipes.stage import COMPLETE_MARKER, is_complete
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that holds a mapping, or a RecipeError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such file ({what}).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must hold a YAML mapping ({what}).")
+    return raw
 
 
 @dataclass
@@ -45,29 +60,61 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Pipeline":
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        """The pipeline of a YAML file, checked as a whole before its first stage runs (see `check`)."""
+        raw = read_yaml_mapping(path, "a pipeline file")
         top_keys = ["stages", "accelerate_config", "log_dir"]
         for key in raw:
             if key not in top_keys:
                 raise RecipeError(unknown_key_message(key, top_keys, str(path)))
-        stage_keys = list(PipelineStep.__dataclass_fields__)
+        step_keys = list(PipelineStep.__dataclass_fields__)
+        required = [f.name for f in dataclasses.fields(PipelineStep) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
         stages = []
         for i, entry in enumerate(raw.get("stages") or []):
+            if not isinstance(entry, dict):
+                raise RecipeError(f"{path}: stages[{i}] must be a mapping (name, script, output_dir, ...).")
             for key in entry:
-                if key not in stage_keys:
-                    raise RecipeError(unknown_key_message(key, stage_keys, f"{path}: stages[{i}]"))
+                if key not in step_keys:
+                    raise RecipeError(unknown_key_message(key, step_keys, f"{path}: stages[{i}]"))
+            missing = [key for key in required if key not in entry]
+            if missing:
+                raise RecipeError(f"{path}: stages[{i}] ({entry.get('name', 'unnamed')}) needs "
+                                  f"{', '.join(missing)}.")
             stages.append(PipelineStep(**entry))
         names = [s.name for s in stages]
         if not stages or len(set(names)) != len(names):
             raise RecipeError(f"{path}: needs a list of stages with distinct names (got {names}).")
-        return cls(stages, raw.get("accelerate_config"), raw.get("log_dir", "runs/logs"))
+        pipeline = cls(stages, raw.get("accelerate_config"), raw.get("log_dir", "runs/logs"))
+        pipeline.check(path)
+        return pipeline
+
+    def check(self, path: str | Path) -> None:
+        """Every script, recipe and accelerate config exists, every launcher is known, and every `{stage}` in a
+        stage's args names an earlier stage: a mistake in the last stage is found before the first one runs."""
+        files = [("accelerate_config", self.accelerate_config)] if self.accelerate_config else []
+        for step in self.stages:
+            files += [(f"stages.{step.name}.script", step.script)]
+            files += [(f"stages.{step.name}.config", step.config)] if step.config else []
+            if step.launcher not in ("accelerate", "python"):
+                raise RecipeError(f"{path}: stages.{step.name}.launcher must be 'accelerate' or 'python', got "
+                                  f"{step.launcher!r}.")
+        for key, file in files:
+            if not Path(repo_path(file)).is_file():
+                raise RecipeError(f"{path}: {key}: no file {file}.")
+        earlier = []
+        for step in self.stages:
+            for name in STAGE_REFERENCE.findall(" ".join(map(str, step.args.values()))):
+                if name not in earlier:
+                    raise RecipeError(f"{path}: stages.{step.name}: '{{{name}}}' names no earlier stage (earlier: "
+                                      f"{', '.join(earlier) or 'none'}).")
+            earlier.append(step.name)
 
     def with_overrides(self, path: str | Path) -> "Pipeline":
         """The pipeline with the args of an overrides file merged into its stages: a YAML mapping of stage names to
         args (`stages: {pretrain: {max_steps: 120}}`), so that a shorter or reseeded variant of a chain (CI's short
         chain, a seed of the seeds run) is values in a file, not a second copy of the pipeline."""
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict) or set(raw) - {"stages"} or not isinstance(raw.get("stages", {}), dict):
+        raw = read_yaml_mapping(path, "an overrides file")
+        if set(raw) - {"stages"} or not isinstance(raw.get("stages", {}), dict):
             raise RecipeError(f"{path}: an overrides file holds `stages:`, a mapping of stage names to their args.")
         names = [s.name for s in self.stages]
         for name, args in (raw.get("stages") or {}).items():
@@ -77,6 +124,7 @@ class Pipeline:
                 raise RecipeError(f"{path}: stages.{name} must be a mapping of args, got {args!r}.")
             stage = self.stages[names.index(name)]
             stage.args = {**stage.args, **args}
+        self.check(path)
         return self
 
     def select(self, only: str | None = None, start: str | None = None) -> list[PipelineStep]:

@@ -22,6 +22,39 @@ from llm_recipes.values import expected_type, value_fits
 SECRET_KEYS = {"hub_token"}
 
 
+# Keys that Transformers 5 or TRL 1.x renamed or removed, as recipes written for earlier versions (alignment-handbook's,
+# TRL's examples) still spell them: the new key, and what to know.
+RENAMED_KEYS = {
+    "torch_dtype": ("dtype", "Transformers 5 renamed it."),
+    "max_seq_length": ("max_length", "TRL 1.x renamed it."),
+    "evaluation_strategy": ("eval_strategy", "Transformers renamed it."),
+    "per_gpu_train_batch_size": ("per_device_train_batch_size", "Transformers renamed it."),
+    "per_gpu_eval_batch_size": ("per_device_eval_batch_size", "Transformers renamed it."),
+    "no_cuda": ("use_cpu", "Transformers renamed it."),
+    "use_liger": ("use_liger_kernel", "TRL renamed it."),
+    "push_to_hub_revision": ("hub_revision", "alignment-handbook's key; TRL's is hub_revision."),
+    "warmup_ratio": ("warmup_steps", "Transformers 5 removed warmup_ratio: a warmup_steps below 1 is a fraction of "
+                     "the training steps (warmup_steps: 0.1 warms up over the first 10%)."),
+    "max_prompt_length": (None, "TRL 1.x removed it from DPO and GRPO: `max_length` bounds prompt and reply together "
+                          "(DPO, with `truncation_mode` saying which end is cut), and GRPO's prompts are kept whole."),
+    "overwrite_output_dir": (None, "Transformers 5 removed it. A stage reuses its output_dir and resumes from the "
+                             "last complete checkpoint there; to start over, delete the folder (or run the pipeline "
+                             "with --force)."),
+}
+
+
+def renamed_key_message(key: str, valid_keys: Iterable[str], where: str) -> str | None:
+    """The message for a key of an earlier version of the libraries, if `key` is one (and its new name is valid)."""
+    if key not in RENAMED_KEYS:
+        return None
+    new, note = RENAMED_KEYS[key]
+    if new is None:
+        return f"{where}: '{key}' is gone. {note}"
+    if new not in valid_keys:
+        return None
+    return f"{where}: unknown key '{key}'. Use '{new}': {note}"
+
+
 class RecipeError(ValueError):
     """A recipe (or a command-line override) that cannot be run as written."""
 
@@ -126,17 +159,22 @@ class RecipeParser(TrlParser):
         return {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
 
     def _check_keys_and_values(self, values: dict, where: str) -> None:
+        """Every key known and every value of its type; all the problems of a recipe are reported at once."""
         actions = self._actions_by_key()
+        problems = []
         for key, value in values.items():
             if key in SECRET_KEYS:
                 raise RecipeError(f"{where}: '{key}' must not be written in a recipe or on the command line, "
                                   "where it would be logged. Set HF_TOKEN in the environment or run `hf auth login`.")
             if key not in actions:
-                raise RecipeError(unknown_key_message(key, actions, where))
-            action = actions[key]
-            if not _value_fits(action, value):
-                expected = expected_type(_annotation(action))
-                raise RecipeError(f"{where}: key '{key}' expects {expected}, got {value!r}.")
+                problems.append(renamed_key_message(key, actions, where) or unknown_key_message(key, actions, where))
+            elif not _value_fits(actions[key], value):
+                expected = expected_type(_annotation(actions[key]))
+                problems.append(f"{where}: key '{key}' expects {expected}, got {value!r}.")
+        if len(problems) > 1:
+            raise RecipeError(f"{len(problems)} problems in the recipe:\n" + "\n".join(problems))
+        if problems:
+            raise RecipeError(problems[0])
 
     def _check_command_line(self, args: list[str]) -> None:
         actions = self._actions_by_key()
@@ -148,7 +186,8 @@ class RecipeParser(TrlParser):
                 # argparse accepts both `--no_x` (negated booleans) and `--x`; both are in option strings.
                 known = {s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")}
                 if key not in known:
-                    raise RecipeError(unknown_key_message(key, actions, "command line"))
+                    raise RecipeError(renamed_key_message(key, actions, "command line")
+                                      or unknown_key_message(key, actions, "command line"))
 
     def _into_dataclasses(self, args: list[str]) -> tuple:
         """Like HfArgumentParser.parse_args_into_dataclasses, but a key that several dataclasses define goes to all

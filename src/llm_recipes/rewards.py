@@ -211,6 +211,9 @@ def imported_reward(name: str) -> Callable:
 def check_reward_names(names: list[str], weights: list[float] | None = None, where: str = "reward_funcs") -> None:
     """Raise a RecipeError naming an unknown reward function (and the closest known one) or a weight count that
     does not match; checked when a recipe is parsed, before anything is loaded."""
+    if not names:
+        raise RecipeError(f"{where}: empty; name at least one reward function ({', '.join(REWARD_FUNCS)}) or reward "
+                          "model, or every reply scores only its penalties.")
     for name in names:
         if ":" in name:
             imported_reward(name)

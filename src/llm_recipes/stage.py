@@ -1,4 +1,7 @@
-"""What every stage script does around its own work: logging, resuming, and finishing a run cleanly.
+"""The stage skeleton: what every training stage does around its own work, in order. `prepare` parses and checks
+the recipe (and, through llm_recipes/preflight.py, the machine), builds the data and loads the tokenizer; the
+script builds its trainer; `train` resumes, trains, evaluates and finishes; `run` turns a user's mistake into one
+line. A `StageSpec` beside each script declares what it supports, and the skeleton enforces it.
 
 alignment-handbook repeats these lines in every script; we write them once. A stage's output folder is complete
 only when `stage_complete.json` is in it, written last and atomically, so the pipeline runner (and a user) can
@@ -7,6 +10,7 @@ tell a finished stage from one that was cut off.
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -18,6 +22,7 @@ import datasets
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from llm_recipes import preflight
 from llm_recipes.atomic_files import write_json_atomic  # noqa: F401 (stage.write_json_atomic, for the scripts)
 
 logger = logging.getLogger("llm_recipes")
@@ -259,6 +264,9 @@ def check_supported(spec: StageSpec, args: StageArguments, mixture, model_args, 
         raise RecipeError(f"dataset_mixture.streaming: {spec.name} needs a map-style dataset; download the data "
                           "(cap it with max_examples or max_tokens) instead of streaming it.")
     check_quantization(model_args, training_args, spec.name, spec.quantized_base)
+    preflight.check_training_values(training_args)
+    preflight.check_output_dir(training_args)
+    preflight.check_launch(training_args)
 
 
 def prepare(spec: StageSpec, argv=None, check=None, count_tokens=None) -> Run:
@@ -283,8 +291,10 @@ def prepare(spec: StageSpec, argv=None, check=None, count_tokens=None) -> Run:
     run.data, run.report = build_mixture(run.mixture, spec.dataset_format, counter)
     logger.info("Dataset mixture (%s %s):\n%s", f"{run.report.total_examples:,}", spec.examples,
                 run.report.to_markdown())
+    # After the data (a data error is named first), before any weights: where the model comes from, its length.
     if run.tokenizer is None:
         run.tokenizer = tokenizer_of(run)
+    preflight.check_sequence_length(run.args, run.model_args, run.training_args)
     return run
 
 
@@ -293,6 +303,8 @@ def tokenizer_of(run: Run):
     from llm_recipes.model import load_tokenizer
 
     args, model_args = run.args, run.model_args
+    preflight.check_model_source(args.tokenizer_name_or_path, "tokenizer_name_or_path")
+    preflight.check_model_source(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     # A tokenizer of its own (tokenizer_name_or_path) is another repository: the model's revision is not its own.
     return load_tokenizer(args.tokenizer_name_or_path or model_args.model_name_or_path, args.trust_remote_code,
                           None if args.tokenizer_name_or_path else model_args.model_revision)
@@ -402,12 +414,26 @@ def publish(trainer, training_args, summary: dict, args: StageArguments | None, 
 
 
 def run(main) -> None:
-    """Run a stage's `main`, turning a recipe or dataset mistake into one clear line and exit status 2."""
+    """Run a stage's `main`, turning a user's mistake into one clear line and exit status 2 (a recipe, a dataset)
+    or 1 (a full disk), without a traceback; `LLM_RECIPES_DEBUG=1` shows the traceback as well."""
+    import errno
+
     from llm_recipes.data import DatasetFormatError
     from llm_recipes.recipe import RecipeError
 
     try:
         main()
     except (RecipeError, DatasetFormatError) as e:
+        if os.environ.get("LLM_RECIPES_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno != errno.ENOSPC or os.environ.get("LLM_RECIPES_DEBUG"):
+            raise
+        # The checkpoint being written is left without its trainer state, so it is never resumed from; the last
+        # complete one stays as it was.
+        print(f"error: the disk is full: writing {e.filename or 'a file'} failed. Free space there (or point "
+              "output_dir elsewhere) and rerun the same command: it resumes from the last complete checkpoint.",
+              file=sys.stderr)
+        sys.exit(1)

@@ -81,6 +81,12 @@ class PrepareDataArguments:
         metadata={"help": "Drop documents that quote an eval set: {n_grams, min_tokens, eval_sets: [{path, fields, "
                   "name, split}]}. See `DecontaminationFilter`."},
     )
+    skip_bad_records: bool = field(
+        default=False,
+        metadata={"help": "A line of a jsonl source that is not UTF-8, not JSON, or lacks its text is an error naming "
+                  "the file and line, before anything runs. true: skip such lines, each on its own, and report "
+                  "how many in the summary (`documents_skipped`)."},
+    )
     write_dropped: bool = field(
         default=False, metadata={"help": "Also write every dropped document to `dropped/<step>/`, for inspection."}
     )
@@ -136,6 +142,40 @@ def check_recipe(args: PrepareDataArguments) -> None:
         raise RecipeError("slurm: is only read with `executor: slurm`.")
 
 
+class RecordByRecordJsonlReader(JsonlReader):
+    """datatrove's JsonlReader, decoding each line on its own: a line that is not UTF-8 or not JSON is skipped alone
+    (`skipped_bad_records` in the stats), where JsonlReader stops reading the file at the first bad byte. Such lines
+    are refused before the run unless the recipe sets `skip_bad_records` (Plan.check_data)."""
+
+    def read_file(self, filepath: str):
+        import orjson
+
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            for line_number, raw in enumerate(f):
+                with self.track_time():
+                    try:
+                        document = self.get_document_from_dict(orjson.loads(raw.decode("utf-8")), filepath,
+                                                               line_number)
+                    except (UnicodeDecodeError, orjson.JSONDecodeError):
+                        self.stat_update("skipped_bad_records")
+                        continue
+                if document:
+                    yield document
+
+
+def bad_jsonl_line(raw: bytes, text_key: str) -> str | None:
+    """What is wrong with one line of a jsonl source, or None."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return f"byte {e.start + 1} is not UTF-8 ({raw[e.start:e.start + 1]!r})"
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+        return f"no text in '{text_key}'"
+    return None
+
+
 @dataclass
 class Source:
     """One dataset to read. `weight` sets its share of the documents read: each source is sampled (datatrove's
@@ -188,7 +228,7 @@ class Source:
             folder, pattern, recursive = str(local.parent), f"[{local.name[0]}]{_glob_escape(local.name[1:])}", False
         else:
             folder, pattern, recursive = self.path, self.glob_pattern or f"**/*.{fmt}*", True
-        reader_class = JsonlReader if fmt == "jsonl" else ParquetReader
+        reader_class = RecordByRecordJsonlReader if fmt == "jsonl" else ParquetReader
         reader = reader_class(folder, glob_pattern=pattern, recursive=recursive, **common)
         reader.add_file_path = False  # a local path says nothing to whoever reads the dataset later
         return reader
@@ -216,6 +256,20 @@ class Source:
                     total += sum(1 for line in handle if line.strip())
         return total
 
+    def bad_records(self) -> list[tuple[str, int, str]]:
+        """(file, line number, what is wrong) of every unreadable line of a local jsonl source."""
+        if self.resolved_format() != "jsonl":
+            return []
+        folder, files = self._local_files()
+        bad = []
+        for name in files:
+            with folder.open(name, "rb", compression="infer") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    problem = bad_jsonl_line(raw, self.text_key) if raw.strip() else None
+                    if problem:
+                        bad.append((folder.resolve_paths(name), number, problem))
+        return bad
+
     def check_columns(self, where: str) -> None:
         """Raise `RecipeError` when a local source has no files, or its first file lacks `text_key`."""
         folder, files = self._local_files()
@@ -225,8 +279,8 @@ class Source:
             with folder.open(files[0], "rb") as handle:
                 columns = pq.ParquetFile(handle).schema_arrow.names
         else:
-            with folder.open(files[0], "rt", compression="infer") as handle:
-                columns = list(json.loads(handle.readline() or "{}"))
+            with folder.open(files[0], "rb", compression="infer") as handle:  # text mode would decode a whole block
+                columns = list(json.loads(handle.readline().decode("utf-8", errors="replace") or "{}"))
         if self.text_key not in columns:
             raise RecipeError(f"{where} ({self.source}): {files[0]} has no column '{self.text_key}' (text_key); "
                               f"it has {', '.join(columns)}.")

@@ -93,6 +93,7 @@ class Plan:
         self.sources = parse_sources(args.sources)
         self.rates = sampling_rates(self.sources)
         self.jobs = self._build()
+        self.skipped_records = 0  # unreadable source lines skipped (skip_bad_records), counted by check_data
 
     def _dropped_writer(self, label: str):
         if not self.args.write_dropped:
@@ -200,12 +201,26 @@ class Plan:
                 if not Path(source.path).exists():
                     raise RecipeError(f"sources[{i}] ({source.source}): {source.path} not found.")
                 source.check_columns(f"sources[{i}]")
+                self.check_records(i, source)
         decont = decontamination_settings(self.args.decontamination)
         for i, eval_set in enumerate(decont.eval_sets if decont else []):
             if eval_set.is_local():
                 if not Path(eval_set.path).is_file():
                     raise RecipeError(f"decontamination.eval_sets[{i}]: {eval_set.path} not found.")
                 logger.info("Decontaminating against %s: %d items", eval_set.path, len(eval_set.texts()))
+
+    def check_records(self, index: int, source) -> None:
+        """Refuse a source with an unreadable line, naming file and line; with `skip_bad_records`, count them."""
+        bad = source.bad_records()
+        if bad and not self.args.skip_bad_records:
+            path, line, problem = bad[0]
+            more = f" ({len(bad) - 1} more such lines)" if len(bad) > 1 else ""
+            raise RecipeError(f"sources[{index}] ({source.source}): {path}, line {line}: {problem}{more}. Fix the "
+                              "file, or set `skip_bad_records: true` to skip such lines (they are counted in the "
+                              "summary).")
+        for path, line, problem in bad:
+            logger.warning("Skipping %s, line %d: %s", path, line, problem)
+        self.skipped_records += len(bad)
 
     def describe(self) -> str:
         lines = []
@@ -302,7 +317,7 @@ def write_report(plan: Plan, seconds: float | None = None) -> dict:
     rows = step_rows(plan.jobs, stats)
     if seconds is None:
         seconds = time.time() - json.loads((work / "run.json").read_text())["started"]
-    summary = run_summary(rows, seconds, output_dir / DATA)
+    summary = run_summary(rows, seconds, output_dir / DATA, plan.skipped_records)
     # A rerun of a write_report that was cut off finds the dataset already moved.
     for name, source in ((DATA, work / "output"), (DROPPED, work / DROPPED)):
         if source.is_dir():

@@ -64,11 +64,13 @@ def step_rows(jobs: list["DatatroveJob"], stats: dict[str, list[dict]]) -> list[
     return rows
 
 
-def run_summary(rows: list[dict], seconds: float, data: Path) -> dict:
-    """What `stage_complete.json` says of a run: documents read and written, time, the dataset and every step."""
+def run_summary(rows: list[dict], seconds: float, data: Path, skipped: int = 0) -> dict:
+    """What `stage_complete.json` says of a run: documents read, skipped as unreadable and written, time, the dataset
+    and every step."""
     documents_in = sum(r["out"] for r in rows if r["stage"] == "filter" and r["step"].startswith("read "))
     return {
-        "stage": "prepare_data", "documents_in": documents_in, "documents_out": rows[-1]["out"],
+        "stage": "prepare_data", "documents_in": documents_in, "documents_skipped": skipped,
+        "documents_out": rows[-1]["out"],
         "seconds": round(seconds, 2), "documents_per_second": round(documents_in / max(seconds, 1e-9), 1),
         "data": str(data),
         "steps": [{k: r[k] for k in ("stage", "step", "in", "out", "dropped")} for r in rows],
@@ -84,7 +86,9 @@ def summary_markdown(rows: list[dict], summary: dict) -> str:
         "",
         f"{summary['documents_in']:,} documents read, {summary['documents_out']:,} written to `{DATA}/` "
         f"({summary['documents_out'] / max(summary['documents_in'], 1):.1%}) in {summary['seconds']:.0f} s "
-        f"({summary['documents_per_second']:.0f} documents/s).",
+        f"({summary['documents_per_second']:.0f} documents/s)."
+        + (f" {summary['documents_skipped']:,} unreadable source lines were skipped (skip_bad_records)."
+           if summary.get("documents_skipped") else ""),
         "",
         "| stage | step | documents in | documents out | dropped | characters out | details |",
         "|---|---|---:|---:|---:|---:|---|",

@@ -97,6 +97,17 @@ class PPOConfig(TrainingArguments):
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError("temperature must be > 0 and top_p in (0, 1].")
 
+    def dry_run_plan(self, training_prompts: int) -> str:
+        """What `--dry_run` prints: the rollout batch, optimizer steps per PPO step, devices, prompts, PPO steps."""
+        return "\n".join([
+            f"rollout batch per process:  {self.local_rollout_batch_size} prompts "
+            "(per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches)",
+            f"optimizer steps per PPO step: {self.num_ppo_epochs * self.num_mini_batches}",
+            f"devices:                    {self.world_size}",
+            f"training prompts:           {training_prompts:,}",
+            f"PPO steps:                  {self.max_steps}",
+        ])
+
     @property
     def local_rollout_batch_size(self) -> int:
         """Replies each process generates per PPO step."""

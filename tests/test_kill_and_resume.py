@@ -1,0 +1,72 @@
+"""Every training stage survives SIGKILL: killed at some step after its first complete checkpoint, the same command
+run again resumes and ends with weights identical to an uninterrupted run (seeded, CPU)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import test_dpo
+import test_grpo
+import test_ppo
+import test_pretrain
+import test_reward
+import test_sft
+import torch
+from conftest import REPO_ROOT, load_script, save_small_llama, save_tiny_policy
+from safetensors.torch import load_file
+
+# Each stage's own test recipe, made to save early and run on past its first checkpoint.
+SAVE_EARLY = ["--save_strategy", "steps", "--save_steps", "4", "--max_steps", "12", "--eval_on_start", "false"]
+
+
+def recipe_of(stage: str, root, world, tokenizer) -> list[str]:
+    path = root / "recipe.yaml"
+    if stage == "pretrain":
+        test_pretrain.write_recipe(path, world, tokenizer, root / "unused")
+    elif stage == "sft":
+        model = save_small_llama(tokenizer, root / "base", max_position_embeddings=512)
+        test_sft.write_recipe(path, world, model, root / "unused")
+    elif stage in ("reward", "dpo"):
+        module = test_reward if stage == "reward" else test_dpo
+        module.write_recipe(path, save_small_llama(tokenizer, root / "base"), world / "preferences/train.jsonl",
+                            root / "unused")
+    elif stage == "ppo":
+        test_ppo.write_recipe(path, world, save_tiny_policy(tokenizer, root / "policy"), root / "unused")
+        return ["--config", str(path), "--save_steps", "2", "--max_steps", "6", "--eval_on_start", "false"]
+    else:
+        policy = save_tiny_policy(tokenizer, root / "policy")
+        return test_grpo.recipe(root, world, policy, reward_funcs="[answer_format]") + SAVE_EARLY
+    return ["--config", str(path), *SAVE_EARLY]
+
+
+def kill_after_first_checkpoint(stage: str, argv: list[str], output_dir, timeout: float = 600) -> None:
+    """Run the stage as a process and SIGKILL it as soon as a checkpoint is complete (its trainer state written)."""
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / f"{stage}.py"), *argv],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and process.poll() is None:
+            if any((c / "trainer_state.json").is_file() for c in output_dir.glob("checkpoint-*")):
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "ppo", "grpo"])
+def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(stage, tiny_world, tiny_tokenizer, tmp_path):
+    argv = recipe_of(stage, tmp_path, tiny_world, tiny_tokenizer)
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    load_script(stage).main([*argv, "--output_dir", str(uninterrupted)])
+    kill_after_first_checkpoint(stage, [*argv, "--output_dir", str(killed)], killed)
+    assert not (killed / "stage_complete.json").exists(), "the run finished before it could be killed"
+    load_script(stage).main([*argv, "--output_dir", str(killed)])  # the same command, run again
+    expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, weight in expected.items():
+        assert torch.equal(weight, resumed[name]), name
