@@ -59,13 +59,16 @@ def kill_after_first_checkpoint(stage: str, argv: list[str], output_dir, timeout
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "ppo", "grpo"])
-def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(stage, tiny_world, tiny_tokenizer, tmp_path):
+def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(stage, tiny_world, tiny_tokenizer, tmp_path,
+                                                                         capsys):
     argv = recipe_of(stage, tmp_path, tiny_world, tiny_tokenizer)
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     load_script(stage).main([*argv, "--output_dir", str(uninterrupted)])
     kill_after_first_checkpoint(stage, [*argv, "--output_dir", str(killed)], killed)
     assert not (killed / "stage_complete.json").exists(), "the run finished before it could be killed"
+    capsys.readouterr()
     load_script(stage).main([*argv, "--output_dir", str(killed)])  # the same command, run again
+    assert f"Resuming from {killed}/checkpoint-" in capsys.readouterr().out  # not a fresh start that ends the same
     expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == resumed.keys()
     for name, weight in expected.items():

@@ -52,6 +52,10 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:]
     assert "[data] complete" in second.stdout and "[tokenizer] complete" in second.stdout
     assert "(resuming)" in second.stdout and "Resuming from" in second.stdout
+    # No library start-up noise in any stage's log: torchao's kernels built for another Python, pytree deprecations.
+    for log in (tmp_path / "runs/tiny/logs").glob("*.log"):
+        text = log.read_text()
+        assert "Failed to load" not in text and "is an Enum subclass" not in text, log.name
 
     def summary_of(stage: str) -> dict:
         return json.loads((tmp_path / f"runs/tiny/{stage}/stage_complete.json").read_text())
