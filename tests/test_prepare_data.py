@@ -267,3 +267,20 @@ def test_unreadable_lines_fail_the_run_unless_skipped_and_then_they_are_counted(
     summary = json.loads((tmp_path / "out" / "stage_complete.json").read_text())
     assert summary["documents_skipped"] == 1 and summary["documents_in"] == 6
     assert "1 unreadable source lines were skipped" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_international_phone_numbers_and_private_addresses_are_redacted(tmp_path):
+    texts = {"uk": "Ring the bakery on +44 20 7946 0958 before noon.", "de": "Die Nummer ist +49 30 901820.",
+             "us": "Call (415) 555-0142 after six.", "lan": "The printer is at 192.168.1.20 on the shop network.",
+             "sums": "In 2024 she added 733 + 464 = 1197 and wrote order 1234567 down."}
+    source = tmp_path / "pages.jsonl"
+    source.write_text("".join(json.dumps({"id": key, "text": text}) + "\n" for key, text in texts.items()))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {tmp_path}/out\nsources: [{{source: web, path: {source}}}]\n"
+                      "filters: {}\nexact_dedup: false\nminhash: null\npii: {}\n")
+    load_script("prepare_data").main(["--config", str(recipe)])
+    rows = {key: row["text"] for key, row in read_output(tmp_path / "out").items()}
+    assert rows["uk"] == "Ring the bakery on <PHONE> before noon." and rows["de"] == "Die Nummer ist <PHONE>."
+    assert rows["us"] == "Call <PHONE> after six."
+    assert rows["lan"] == "The printer is at <IP> on the shop network."
+    assert rows["sums"] == texts["sums"]  # numbers that are not phone numbers stay

@@ -73,8 +73,9 @@ class PrepareDataArguments:
     )
     pii: dict | None = field(
         default_factory=dict,
-        metadata={"help": "PII redaction: remove_emails, remove_ips, only_remove_public_ips, email_replacement, "
-                  "ip_replacement (datatrove's PIIFormatter), remove_phones, phone_replacement; null turns it off."},
+        metadata={"help": "PII redaction: remove_emails, remove_ips, only_remove_public_ips (default false: private "
+                  "addresses too), email_replacement, ip_replacement (datatrove's PIIFormatter), remove_phones, "
+                  "phone_replacement, phone_region (libphonenumber; default US); null turns it off."},
     )
     decontamination: dict | None = field(
         default=None,
@@ -359,11 +360,12 @@ def minhash_config(value) -> MinhashConfig | None:
 class PIISettings:
     remove_emails: bool = True
     remove_ips: bool = True
-    only_remove_public_ips: bool = True
+    only_remove_public_ips: bool = False  # private and reserved addresses are personal data too
     email_replacement: str = "<EMAIL>"
     ip_replacement: str = "<IP>"
     remove_phones: bool = True
     phone_replacement: str = "<PHONE>"
+    phone_region: str = "US"  # the country whose national format numbers without a +country code are read in
 
 
 def pii_settings(value) -> PIISettings | None:

@@ -187,7 +187,7 @@ class Plan:
                     email_replacement=pii.email_replacement, ip_replacement=pii.ip_replacement))
                 labels.append("pii (e-mails, IPs)")
             if pii.remove_phones:
-                steps.append(PhoneNumberFormatter(pii.phone_replacement))
+                steps.append(PhoneNumberFormatter(pii.phone_replacement, pii.phone_region))
                 labels.append("pii (phone numbers)")
         # Metadata (source, url, license, ...) as top-level columns, as Hub datasets have them.
         steps.append(JsonlWriter(str(self.work / "output"), output_filename="${rank}.jsonl.gz", expand_metadata=True))

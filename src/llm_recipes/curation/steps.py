@@ -10,7 +10,6 @@ from datatrove.pipeline.filters import SamplerFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.formatters.base import BaseFormatter
-from datatrove.pipeline.formatters.pii import PIIReplacer
 
 from llm_recipes.curation.config import DecontaminationSettings
 
@@ -40,23 +39,29 @@ class CountingPIIFormatter(PIIFormatter):
 
 # North American numbers with or without a country code and in the common separators: "+1 415-555-0199",
 # "(212) 555-0134", "415.555.0199". The separators are required, so sums and ids of bare digits are left alone.
-PHONE_NUMBER = r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]\d{4}(?!\w)"
-
-
 class PhoneNumberFormatter(BaseFormatter):
-    """Replaces phone numbers with a placeholder (datatrove's PIIFormatter does e-mails and IPs, not phones)."""
+    """Replaces phone numbers with a placeholder (datatrove's PIIFormatter does e-mails and IPs, not phones). They are
+    found by Google's libphonenumber (the `phonenumbers` package), which knows every country's numbering plan:
+    international numbers ("+44 20 7946 0958") anywhere, national ones ("(415) 555-0142") as numbers of `region`.
+    Only numbers valid in their plan count, so sums, years and order numbers are left alone."""
 
     name = "📞 Phone numbers"
+    _requires_dependencies = ["phonenumbers"]
 
-    def __init__(self, replacement: str = "<PHONE>"):
+    def __init__(self, replacement: str = "<PHONE>", region: str = "US"):
         super().__init__()
-        self.replacer = PIIReplacer(PHONE_NUMBER, replacement)
+        self.replacement, self.region = replacement, region
 
     def format(self, text: str) -> str:
-        redacted = self.replacer.replace(text)
-        if redacted != text:
-            self.stat_update("documents_redacted")
-        return redacted
+        import phonenumbers
+
+        matches = list(phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID))
+        if not matches:
+            return text
+        self.stat_update("documents_redacted")
+        for match in reversed(matches):  # from the end, so that the earlier offsets still hold
+            text = text[:match.start] + self.replacement + text[match.end:]
+        return text
 
 
 # Words and numbers, lowercased, with arithmetic operators kept as tokens so that "47 + 35" and "47 - 35" differ;

@@ -133,12 +133,17 @@ def spam_page(rng: random.Random, kind: str) -> str:
                      for _ in range(rng.randint(5, 15)))
 
 
+# Area codes in use, so that a phone number library (libphonenumber, in data preparation) sees valid numbers.
+US_AREA_CODES = (201, 202, 206, 212, 213, 303, 305, 312, 313, 404, 415, 503, 512, 602, 617, 702, 713, 801, 808, 901,
+                 907, 917, 919, 971)
+
+
 def pii_value(rng: random.Random, kind: str) -> str:
     if kind == "email":
         domain = rng.choice(["post.example", "townmail.example", "letters.example"])
         return f"{rng.choice(NAMES).lower()}.{rng.choice(SURNAMES).lower()}@{domain}"
-    if kind == "phone":  # 555-0100..0199 numbers are reserved for fiction
-        area, line = rng.randint(201, 989), rng.randint(100, 199)
+    if kind == "phone":  # 555-0100..0199 numbers are reserved for fiction, in area codes that exist
+        area, line = US_AREA_CODES[rng.randint(201, 989) % len(US_AREA_CODES)], rng.randint(100, 199)
         return f"+1 {area}-555-0{line}" if rng.random() < 0.5 else f"({area}) 555-0{line}"
     while True:  # datatrove's PIIFormatter redacts only global addresses, so plant those
         ip = ".".join(str(rng.randint(1, 254)) for _ in range(4))
