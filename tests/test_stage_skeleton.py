@@ -95,3 +95,16 @@ def test_a_stage_that_starts_from_a_checkpoint_asks_for_one(name, tmp_path):
     recipe.write_text("".join(line for line in lines if not line.startswith("model_name_or_path:")))
     with pytest.raises(RecipeError, match=f"Set model_name_or_path: {name} starts from"):
         load_script(name).main(["--config", str(recipe), "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_multi_process_launch_without_a_global_batch_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from llm_recipes import preflight
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # processes on this machine: not what is being tested
+    launch = SimpleNamespace(use_cpu=True, fsdp="", world_size=2, per_device_train_batch_size=8,
+                             gradient_accumulation_steps=1, bf16=False)
+    with pytest.raises(RecipeError, match="global_batch_size: this launch runs 2 processes"):
+        preflight.check_launch(launch, global_batch_size=None)
+    preflight.check_launch(launch, global_batch_size=16)  # the recipe says what the global batch is: accepted

@@ -4,7 +4,7 @@ config, no weights), and the launch against the machine. Each check raises one `
 what to do; the stage skeleton (`stage.prepare`) runs them all, for every stage alike.
 
 A configuration the machine cannot honour is refused, not downgraded: FSDP without a GPU, more processes than
-devices, bf16 on a GPU without it.
+devices, bf16 on a GPU without it, and a global batch that would change with the number of processes.
 """
 
 import math
@@ -116,8 +116,9 @@ def check_sequence_length(args, model_args, training_args) -> None:
                               "(recipes/tiny/long_context.yaml does it with RoPE scaling).")
 
 
-def check_launch(training_args) -> None:
-    """Refuse a launch this machine cannot honour, instead of running something else under the same name."""
+def check_launch(training_args, global_batch_size: int | None = None) -> None:
+    """Refuse a launch this machine cannot honour, instead of running something else under the same name; and a
+    recipe whose global batch would change with the number of processes it is launched on."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -135,5 +136,11 @@ def check_launch(training_args) -> None:
         raise RecipeError(f"The launch starts {processes} processes on this machine, which has {devices} "
                           f"{'CPU cores' if on_cpu else 'GPUs'}; set num_processes to at most {devices} in the "
                           "accelerate config.")
+    if training_args.world_size > 1 and global_batch_size is None:
+        per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        raise RecipeError(f"global_batch_size: this launch runs {training_args.world_size} processes, and the recipe "
+                          f"does not set global_batch_size, so each would add its own batch ({per_step} per process): "
+                          f"the run would train with a global batch {training_args.world_size} times the one it was "
+                          "tuned with. Set global_batch_size, and gradient accumulation follows from it.")
     if (training_args.bf16 and not on_cpu and not torch.cuda.is_bf16_supported()):
         raise RecipeError("bf16: this GPU has no bfloat16 support; set `bf16: false` and `fp16: true`.")

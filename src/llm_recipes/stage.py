@@ -266,7 +266,7 @@ def check_supported(spec: StageSpec, args: StageArguments, mixture, model_args, 
     check_quantization(model_args, training_args, spec.name, spec.quantized_base)
     preflight.check_training_values(training_args)
     preflight.check_output_dir(training_args)
-    preflight.check_launch(training_args)
+    preflight.check_launch(training_args, args.global_batch_size)
 
 
 def prepare(spec: StageSpec, argv=None, check=None, count_tokens=None) -> Run:
