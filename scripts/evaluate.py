@@ -18,6 +18,7 @@ from llm_recipes import stage
 from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.evaluation import fingerprint, lm_eval_run, load_results, merge_results, repeat_statistics
 from llm_recipes.recipe import RecipeError, RecipeParser
+from llm_recipes.regression import load_baseline, regressions
 
 
 @dataclass
@@ -57,9 +58,22 @@ class EvalArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run modelling code shipped with a Hub checkpoint."})
     force: bool = field(default=False, metadata={"help": "Evaluate again even if results.json is up to date."})
+    baseline_results: str | None = field(
+        default=None, metadata={"help": "An earlier release's results (a results.json, a folder holding one, or a Hub "
+                                "repo holding one): every task both hold is compared, and a regression fails the "
+                                "stage, naming the task, the fall and the baseline (regressions.json)."})
+    baseline_revision: str | None = field(default=None, metadata={"help": "Hub revision of `baseline_results`."})
+    regression_z: float = field(
+        default=2.0, metadata={"help": "A fall counts as a regression beyond this many standard errors of the "
+                               "difference (both results' standard errors)."})
+    regression_min_drop: float = field(
+        default=0.0, metadata={"help": "...and beyond this absolute fall (for metrics without a standard error)."})
 
 
 ARGUMENTS = (EvalArguments,)
+# Keys that change where results go or what they are compared with, not the results: left out of the fingerprint.
+NOT_IN_THE_RESULTS = ("output_dir", "force", "baseline_results", "baseline_revision", "regression_z",
+                      "regression_min_drop")
 
 
 def main(argv=None):
@@ -73,12 +87,16 @@ def main(argv=None):
     if args.num_samples < 1:
         raise RecipeError(f"num_samples must be at least 1, got {args.num_samples}.")
     output_dir = Path(args.output_dir)
-    settings = {key: value for key, value in asdict(args).items() if key not in ("output_dir", "force")}
+    # Read first: a baseline that cannot be found is named before any compute is spent.
+    baseline = load_baseline(args.baseline_results, args.baseline_revision) if args.baseline_results else None
+    settings = {key: value for key, value in asdict(args).items() if key not in NOT_IN_THE_RESULTS}
     print_key = fingerprint(args.model_name_or_path, args.adapter_name_or_path, args.include_path, settings)
     previous = load_results(output_dir)
     if previous and previous.get("llm_recipes_fingerprint") == print_key and not args.force:
         stage.logger.info("%s already holds results for this checkpoint, tasks and settings; reusing them.",
                           output_dir / "results.json")
+        if baseline is not None:
+            check_regressions(previous, baseline, args, output_dir)
         stage.mark_complete(output_dir, {"stage": "evaluate", "reused": True, "fingerprint": print_key})
         return
 
@@ -114,8 +132,21 @@ def main(argv=None):
                                   "adapter_name_or_path": args.adapter_name_or_path}
     stage.write_json_atomic(output_dir / "results.json", _json_safe(first))
     stage.logger.info("Results (%s):\n%s", output_dir / "results.json", _table(first))
+    if baseline is not None:
+        check_regressions(_json_safe(first), baseline, args, output_dir)
     stage.mark_complete(output_dir, {"stage": "evaluate", "wall_seconds": time.time() - started,
                                      "fingerprint": print_key})
+
+
+def check_regressions(results: dict, baseline: dict, args: EvalArguments, output_dir: Path) -> None:
+    """The regression gate against `baseline_results`: regressions.json, and a failure naming each regression."""
+    found = regressions(results, baseline, args.regression_z, args.regression_min_drop)
+    stage.write_json_atomic(output_dir / "regressions.json", {"baseline": args.baseline_results,
+                                                                "regressions": [asdict(r) for r in found]})
+    if found:
+        raise RecipeError(f"regression against {args.baseline_results}: "
+                          + "; ".join(r.describe(args.baseline_results) for r in found) + ".")
+    stage.logger.info("No regression against %s.", args.baseline_results)
 
 
 def _batch_size(args) -> int | str:

@@ -30,6 +30,7 @@ from llm_recipes.evaluation import lm_eval_run
 from llm_recipes.hub import LINEAGE_FILE, check_push_settings, push_folder, write_model_card
 from llm_recipes.model import format_count, torch_dtype
 from llm_recipes.recipe import RecipeError, RecipeParser
+from llm_recipes.regression import load_baseline, regressions
 
 QUANTIZATIONS = ("none", "int8_weight_only", "int8_dynamic", "bnb_8bit", "bnb_4bit")
 
@@ -55,6 +56,13 @@ class ExportArguments:
     include_path: str | None = field(default="tasks/tiny", metadata={"help": "Folder of our lm-eval task YAMLs."})
     max_score_drop: float = field(
         default=0.02, metadata={"help": "Largest fall of `eval_metric` (absolute) that may be published."})
+    baseline_results: str | None = field(
+        default=None, metadata={"help": "The previous release's lm-eval results (a results.json, a folder holding "
+                                "one, or a Hub repo holding one): the exported model's `eval_task` is compared with "
+                                "it, and a regression beyond its standard errors is refused, nothing published."})
+    baseline_revision: str | None = field(default=None, metadata={"help": "Hub revision of `baseline_results`."})
+    regression_z: float = field(
+        default=2.0, metadata={"help": "Standard errors of the difference a fall must exceed to be a regression."})
     speed_prompt: str = field(
         default="What is 21 + 38?", metadata={"help": "Chat message answered greedily to measure tokens/s."})
     speed_new_tokens: int = field(default=64, metadata={"help": "Tokens generated for the speed measurement."})
@@ -149,6 +157,19 @@ def score(folder: Path, args: ExportArguments) -> tuple[float, float | None]:
     return float(results[args.eval_metric]), float(stderr) if isinstance(stderr, float) else None
 
 
+def check_against_baseline(args: ExportArguments, baseline: dict, score: float, stderr: float | None, summary: dict,
+                           output_dir: Path) -> None:
+    """The regression gate of a release: the exported model's `eval_metric` against the previous release's."""
+    metric = args.eval_metric
+    current = {"results": {args.eval_task: {metric: score, metric.replace(",", "_stderr,"): stderr}}}
+    found = regressions(current, baseline, args.regression_z, tasks=[args.eval_task])
+    summary["baseline_results"] = args.baseline_results
+    if found:
+        stage.write_json_atomic(output_dir.parent / f"{output_dir.name}.refused.json", summary)
+        raise RecipeError(f"regression: {found[0].describe(args.baseline_results)}; nothing was published.")
+    stage.logger.info("No regression of %s %s against %s.", args.eval_task, metric, args.baseline_results)
+
+
 def main(argv=None):
     (args,) = RecipeParser(ARGUMENTS).parse(argv)
     stage.setup_logging()
@@ -156,6 +177,11 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / LINEAGE_FILE).is_file():
         raise RecipeError(f"output_dir: {output_dir} holds files that are not an earlier export; choose another.")
+    # Read before any compute: a baseline that cannot be found is named first.
+    baseline = load_baseline(args.baseline_results, args.baseline_revision) if args.baseline_results else None
+    if baseline is not None and args.eval_metric not in baseline.get("results", {}).get(args.eval_task, {}):
+        raise RecipeError(f"baseline_results: {args.baseline_results} has no {args.eval_task} {args.eval_metric} (set "
+                          "eval_task to a task the previous release was evaluated on).")
     shutil.rmtree(output_dir, ignore_errors=True)  # an export is made whole each time, never on top of an old one
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its destination and moved there whole once it passed its checks.
@@ -195,6 +221,8 @@ def main(argv=None):
                     f"max_score_drop: {args.eval_task} {args.eval_metric} fell from {before:.3f} to {after:.3f} with "
                     f"quantization {args.quantization}, more than the {args.max_score_drop} the recipe allows; "
                     "nothing was published. Try a milder quantization or raise the bound.")
+            if baseline is not None:
+                check_against_baseline(args, baseline, after, after_err, summary, output_dir)
             eval_results = [EvalResult(task_type="text-generation", dataset_type=args.eval_task,
                                        dataset_name=args.eval_task, metric_type=args.eval_metric.split(",")[0],
                                        metric_name=args.eval_metric, metric_value=round(after, 4))]

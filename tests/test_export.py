@@ -239,3 +239,29 @@ def test_cpu_server_answers_a_question_over_http_on_loopback(exported):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_regression_against_the_previous_release_is_refused_and_nothing_is_published(exported, answering_model,
+                                                                                        workspace):
+    summary = json.loads((exported / "stage_complete.json").read_text())
+    release = {"results": {"tiny_arithmetic": {"exact_match,strict": summary["score"] + 0.5,
+                                               "exact_match_stderr,strict": 0.01}}}
+    (workspace / "release_v1.json").write_text(json.dumps(release))
+    output_dir = workspace / "regressed"
+    with inside(workspace), pytest.raises(RecipeError, match="regression: tiny_arithmetic exact_match,strict: .* "
+                                                             "against .* nothing was published"):
+        load_script("export").main(export_recipe(workspace, answering_model, output_dir,
+                                                 baseline_results=str(workspace / "release_v1.json")))
+    assert not output_dir.exists() and not (workspace / "regressed-hub-dry-run").exists()
+    assert (workspace / "regressed.refused.json").is_file()
+
+
+def test_an_honest_re_export_passes_the_gate_against_its_own_release(exported, answering_model, workspace):
+    summary = json.loads((exported / "stage_complete.json").read_text())
+    release = {"results": {"tiny_arithmetic": {"exact_match,strict": summary["score"],
+                                               "exact_match_stderr,strict": summary["score_stderr"]}}}
+    (workspace / "release_v2.json").write_text(json.dumps(release))
+    with inside(workspace):
+        load_script("export").main(export_recipe(workspace, answering_model, workspace / "re_exported",
+                                                 baseline_results=str(workspace / "release_v2.json")))
+    assert json.loads((workspace / "re_exported" / "stage_complete.json").read_text())["baseline_results"]

@@ -247,7 +247,10 @@ def test_sft_recipes_name_an_existing_chat_template(recipe):
 
 def test_lm_eval_tasks_are_scored_during_sft(tiny_world, base_model, tmp_path, monkeypatch):
     # The README says `lm_eval_tasks` works in any stage that generates; SFT once ignored it without a word.
-    monkeypatch.chdir(REPO_ROOT)  # tasks/tiny, where the task is defined
+    # The task reads runs/tiny/data/eval/ below the working directory, as in the tiny chain.
+    (tmp_path / "runs/tiny").mkdir(parents=True)
+    (tmp_path / "runs/tiny/data").symlink_to(tiny_world)
+    monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, base_model, tmp_path / "model",
                           extra="lm_eval_tasks: [tiny_multiple_choice]\nlm_eval_limit: 2\n")
     recipe.write_text(recipe.read_text().replace("max_steps: 40", "max_steps: 2").replace("save_steps: 20",
