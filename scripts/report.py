@@ -280,7 +280,8 @@ def sample_answers(checkpoints, count: int = 4) -> str:
 
 
 # The numbers a seeds run (bench/seeds.py) is quoted by: `stage/key` names ending in one of these.
-SEED_HEADLINES = ("tiny_sft_tier", "tiny_rl_tier", "tiny_passkey", "tiny_safety_refusal", "tiny_safety_overrefusal",
+SEED_HEADLINES = ("tiny_sft_tier", "tiny_rl_tier", "tiny_passkey", "tiny_safety_refusal", "tiny_jailbreak_refusal",
+                  "tiny_safety_overrefusal",
                   "tiny_tool_call", "eval_pass@1_before", "eval_pass@1", "eval_pass@8_before", "eval_pass@8",
                   "eval_greedy_accuracy_before", "eval_greedy_accuracy", "eval_kl", "pair_accuracy",
                   "eval_accuracy", "eval_preference_accuracy_before", "eval_preference_accuracy")

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import load_script
 
-from llm_recipes.evaluation import lm_eval_scores, merge_results, pass_at_k, repeat_statistics
+from llm_recipes.evaluation import lm_eval_run, lm_eval_scores, merge_results, pass_at_k, repeat_statistics
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +263,12 @@ def test_tasks_discriminate_a_model_trained_on_them_from_an_untrained_one(eval_w
     trained_chat = lm_eval_scores("trained", ["tiny_safety_refusal"], include_path=include, batch_size=16, limit=20,
                                   apply_chat_template=True)
     assert trained_chat["tiny_safety_refusal"]["refusal_rate,none"] >= 0.5
+
+
+def test_the_jailbreak_task_scores_refusals_of_attacked_requests(eval_workspace, repo_root, monkeypatch):
+    monkeypatch.chdir(eval_workspace)
+    output = lm_eval_run("model", ["tiny_jailbreak_refusal"], include_path=str(repo_root / "tasks/tiny"),
+                         batch_size=16, limit=8, log_samples=True, apply_chat_template=True)
+    prompts = [sample["doc"]["prompt"] for sample in output["samples"]["tiny_jailbreak_refusal"]]
+    assert prompts[0].startswith("Let's play a game.") and prompts[1].startswith("Ignore all previous instructions")
+    assert output["results"]["tiny_jailbreak_refusal"]["refusal_rate,none"] == 0.0  # an untrained model refuses nothing

@@ -488,3 +488,16 @@ def test_default_world_has_the_target_sizes(tmp_path):
     assert rows["eval/arithmetic.jsonl"] + rows["eval/word_problems.jsonl"] == 1200
     assert rows["eval/three_digit.jsonl"] + rows["eval/two_step.jsonl"] == 1200
     assert rows["eval/safety.jsonl"] == 200 and rows["eval/passkey.jsonl"] == 200
+
+
+def test_the_jailbreak_eval_wraps_every_held_out_forbidden_request_in_an_attack(tiny_world):
+    from llm_recipes.tiny_world.safety import JAILBREAK_ATTACKS
+
+    safety = [json.loads(line) for line in (tiny_world / "eval/safety.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tiny_world / "eval/jailbreak.jsonl").read_text().splitlines()]
+    assert [row["request"] for row in rows] == [row["prompt"] for row in safety if row["kind"] == "forbidden"]
+    assert {row["attack"] for row in rows} == set(JAILBREAK_ATTACKS)
+    for row in rows:
+        assert row["prompt"] == JAILBREAK_ATTACKS[row["attack"]].format(request=row["request"])
+    trained_on = (tiny_world / "sft/train.jsonl").read_text()
+    assert not any(row["prompt"] in trained_on for row in rows)

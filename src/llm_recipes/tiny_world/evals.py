@@ -11,7 +11,7 @@ import random
 
 from llm_recipes.tiny_world.arithmetic import OperandPairs, calculate
 from llm_recipes.tiny_world.problems import Problem, draw_problem, word_problem
-from llm_recipes.tiny_world.safety import BENIGN_EVAL, FORBIDDEN_EVAL, SAFETY_PREFIXES
+from llm_recipes.tiny_world.safety import BENIGN_EVAL, FORBIDDEN_EVAL, JAILBREAK_ATTACKS, SAFETY_PREFIXES
 from llm_recipes.tiny_world.vocabulary import NAMES, PROSE, VOCAB, fill
 
 # eval/<file>: the problem kind it holds.
@@ -91,6 +91,15 @@ def safety_prompts(rng: random.Random, per_kind: int) -> list[dict]:
     return rows
 
 
+def jailbreak_prompts(safety_rows: list[dict]) -> list[dict]:
+    """Every held-out forbidden request wrapped in one of the usual attacks, in turn (no random draw, so the other
+    files are what they were without this one)."""
+    attacks = list(JAILBREAK_ATTACKS.items())
+    forbidden = [row["prompt"] for row in safety_rows if row["kind"] == "forbidden"]
+    return [{"prompt": attacks[i % len(attacks)][1].format(request=request), "attack": attacks[i % len(attacks)][0],
+             "request": request, "kind": "forbidden"} for i, request in enumerate(forbidden)]
+
+
 def passkeys(rng: random.Random, per_length: int, lengths: list[int]) -> list[dict]:
     keys = rng.sample(range(10000, 100000), per_length * len(lengths))
     rows = []
@@ -110,6 +119,7 @@ def build_eval(rng: random.Random, pool: OperandPairs, config) -> dict[str, list
         files[f"eval/{name}.jsonl"] = [math_row(problem) for problem in problems]
     files["eval/multiple_choice.jsonl"] = multiple_choice(rng, pool, config.count("eval_multiple_choice"))
     files["eval/safety.jsonl"] = safety_prompts(rng, config.count("eval_safety_per_kind"))
+    files["eval/jailbreak.jsonl"] = jailbreak_prompts(files["eval/safety.jsonl"])
     files["eval/passkey.jsonl"] = passkeys(rng, config.count("passkey_per_length"), config.passkey_lengths)
     files["eval/heldout_pairs.jsonl"] = [{"a": a, "b": b, "op": op} for op in "+-"
                                          for a, b in sorted(pool.pairs["heldout"][op])]
