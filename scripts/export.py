@@ -30,7 +30,7 @@ from llm_recipes.evaluation import lm_eval_run
 from llm_recipes.hub import LINEAGE_FILE, check_push_settings, push_folder, write_model_card
 from llm_recipes.model import format_count, torch_dtype
 from llm_recipes.recipe import RecipeError, RecipeParser
-from llm_recipes.regression import load_baseline, regressions
+from llm_recipes.regression import RESULTS_FILE, load_baseline, regressions
 
 QUANTIZATIONS = ("none", "int8_weight_only", "int8_dynamic", "bnb_8bit", "bnb_4bit")
 
@@ -223,6 +223,9 @@ def main(argv=None):
                     "nothing was published. Try a milder quantization or raise the bound.")
             if baseline is not None:
                 check_against_baseline(args, baseline, after, after_err, summary, output_dir)
+            # The release carries its own results, in lm-eval's form: the baseline of the next one.
+            measured = {args.eval_metric: after, args.eval_metric.replace(",", "_stderr,"): after_err}
+            stage.write_json_atomic(staged / RESULTS_FILE, {"results": {args.eval_task: measured}})
             eval_results = [EvalResult(task_type="text-generation", dataset_type=args.eval_task,
                                        dataset_name=args.eval_task, metric_type=args.eval_metric.split(",")[0],
                                        metric_name=args.eval_metric, metric_value=round(after, 4))]
