@@ -124,6 +124,8 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     assert header in report
     assert (tmp_path / "runs/tiny/report/loss_curves.png").is_file()
 
+    # The export passed the regression gate against the release before it (the same model, exported again).
+    assert summary_of("release_check")["baseline_results"] == "runs/tiny/export"
     # The final model was exported (quantized, carded) and dry-run pushed.
     export = tmp_path / "runs/tiny/export"
     assert json.loads((export / "stage_complete.json").read_text())["quantization"] == "int8_weight_only"
