@@ -18,11 +18,11 @@ from llm_recipes import stage
 from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.evaluation import fingerprint, lm_eval_run, load_results, merge_results, repeat_statistics
 from llm_recipes.recipe import RecipeError, RecipeParser
-from llm_recipes.regression import load_baseline, regressions
+from llm_recipes.regression import BaselineArguments, load_baseline, regressions
 
 
 @dataclass
-class EvalArguments:
+class EvalArguments(BaselineArguments):
     model_name_or_path: str = field(
         default=None, metadata={"help": "Checkpoint to evaluate: a local folder or a Hub model id."})
     output_dir: str = field(default=None, metadata={"help": "Folder for results.json, samples and repeats.json."})
@@ -58,16 +58,6 @@ class EvalArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run modelling code shipped with a Hub checkpoint."})
     force: bool = field(default=False, metadata={"help": "Evaluate again even if results.json is up to date."})
-    baseline_results: str | None = field(
-        default=None, metadata={"help": "An earlier release's results (a results.json, a folder holding one, or a Hub "
-                                "repo holding one): every task both hold is compared, and a regression fails the "
-                                "stage, naming the task, the fall and the baseline (regressions.json)."})
-    baseline_revision: str | None = field(default=None, metadata={"help": "Hub revision of `baseline_results`."})
-    regression_z: float = field(
-        default=2.0, metadata={"help": "A fall counts as a regression beyond this many standard errors of the "
-                               "difference (both results' standard errors)."})
-    regression_min_drop: float = field(
-        default=0.0, metadata={"help": "...and beyond this absolute fall (for metrics without a standard error)."})
 
 
 ARGUMENTS = (EvalArguments,)

@@ -30,13 +30,13 @@ from llm_recipes.evaluation import lm_eval_run
 from llm_recipes.hub import LINEAGE_FILE, check_push_settings, push_folder, write_model_card
 from llm_recipes.model import format_count, torch_dtype
 from llm_recipes.recipe import RecipeError, RecipeParser
-from llm_recipes.regression import RESULTS_FILE, load_baseline, regressions
+from llm_recipes.regression import RESULTS_FILE, BaselineArguments, load_baseline, regressions
 
 QUANTIZATIONS = ("none", "int8_weight_only", "int8_dynamic", "bnb_8bit", "bnb_4bit")
 
 
 @dataclass
-class ExportArguments:
+class ExportArguments(BaselineArguments):
     model_name_or_path: str = field(default=None, metadata={"help": "The model to export (a folder or Hub id)."})
     output_dir: str = field(default=None, metadata={"help": "Where the exported model and its card are written."})
     adapter_name_or_path: str | None = field(
@@ -56,13 +56,6 @@ class ExportArguments:
     include_path: str | None = field(default="tasks/tiny", metadata={"help": "Folder of our lm-eval task YAMLs."})
     max_score_drop: float = field(
         default=0.02, metadata={"help": "Largest fall of `eval_metric` (absolute) that may be published."})
-    baseline_results: str | None = field(
-        default=None, metadata={"help": "The previous release's lm-eval results (a results.json, a folder holding "
-                                "one, or a Hub repo holding one): the exported model's `eval_task` is compared with "
-                                "it, and a regression beyond its standard errors is refused, nothing published."})
-    baseline_revision: str | None = field(default=None, metadata={"help": "Hub revision of `baseline_results`."})
-    regression_z: float = field(
-        default=2.0, metadata={"help": "Standard errors of the difference a fall must exceed to be a regression."})
     speed_prompt: str = field(
         default="What is 21 + 38?", metadata={"help": "Chat message answered greedily to measure tokens/s."})
     speed_new_tokens: int = field(default=64, metadata={"help": "Tokens generated for the speed measurement."})
@@ -162,7 +155,7 @@ def check_against_baseline(args: ExportArguments, baseline: dict, score: float, 
     """The regression gate of a release: the exported model's `eval_metric` against the previous release's."""
     metric = args.eval_metric
     current = {"results": {args.eval_task: {metric: score, metric.replace(",", "_stderr,"): stderr}}}
-    found = regressions(current, baseline, args.regression_z, tasks=[args.eval_task])
+    found = regressions(current, baseline, args.regression_z, args.regression_min_drop, tasks=[args.eval_task])
     summary["baseline_results"] = args.baseline_results
     if found:
         stage.write_json_atomic(output_dir.parent / f"{output_dir.name}.refused.json", summary)

@@ -9,12 +9,29 @@ the noise of the two measurements is not a regression, and a task measured on fe
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_recipes.recipe import RecipeError
 
 RESULTS_FILE = "results.json"
+
+
+@dataclass
+class BaselineArguments:
+    """The regression gate's keys, shared by evaluate.py (every task both results hold) and export.py (its
+    `eval_task`, before anything is published)."""
+
+    baseline_results: str | None = field(
+        default=None, metadata={"help": "An earlier release's lm-eval results: a results.json, a folder holding one "
+                                "(an evaluate.py output, an export), or a Hub repo holding one. A regression against "
+                                "it fails the stage, naming the task, the fall and the baseline."})
+    baseline_revision: str | None = field(default=None, metadata={"help": "Hub revision of `baseline_results`."})
+    regression_z: float = field(
+        default=2.0, metadata={"help": "A fall counts as a regression beyond this many standard errors of the "
+                               "difference (both results' standard errors)."})
+    regression_min_drop: float = field(
+        default=0.0, metadata={"help": "...and beyond this absolute fall (for metrics without a standard error)."})
 
 
 @dataclass
