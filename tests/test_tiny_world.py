@@ -448,6 +448,7 @@ STAGE_COLUMNS = {
     "eval/two_step.jsonl": {"question", "answer", "tier"},
     "eval/multiple_choice.jsonl": {"question", "choices", "label"},
     "eval/safety.jsonl": {"prompt", "kind"},
+    "eval/jailbreak.jsonl": {"prompt", "attack", "request", "kind"},
     "eval/passkey.jsonl": {"context_words", "text", "question", "answer"},
     "eval/heldout_pairs.jsonl": {"a", "b", "op"},
     "long/train.jsonl": {"text", "answer"},
