@@ -9,8 +9,13 @@ Judges (`judge`):
 - `reward_model`: a sequence-classification reward model (`reward_model_name_or_path`) scores each sample;
 - `constitution`: a judge model (`judge_model_name_or_path`) critiques one sample against a principle of the
   written constitution (`constitution_path`, one principle per paragraph) and revises it; the revision is chosen
-  and the original rejected (Bai et al., 2022).
+  and the original rejected (Bai et al., 2022). `constitution_rules` names rules that judge instead of a model
+  (`module:function`, given the principles; the tiny world's are `llm_recipes.tiny_world:constitution_rules`).
 Pairs whose scores differ by less than `min_margin` are skipped: a tie teaches nothing.
+
+`output_format: revisions` writes Constitutional AI's supervised stage instead (SL-CAI): one SFT conversation per
+prompt, the prompt and the revised reply (or the sample itself where it broke no principle), with the critique and
+the original kept beside it (`critique`, `original`); SFT on them comes before the pairs (RL-CAI).
 """
 
 import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
@@ -28,9 +33,10 @@ from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.model import load_tokenizer
 from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
-from llm_recipes.rewards import check_reward_names, reward_funcs_from_recipe
+from llm_recipes.rewards import check_reward_names, imported_reward, reward_funcs_from_recipe
 
 JUDGES = ("reward_funcs", "reward_model", "constitution")
+OUTPUT_FORMATS = ("pairs", "revisions")
 
 
 @dataclass
@@ -48,6 +54,12 @@ class PreferenceArguments:
     judge_model_name_or_path: str | None = field(default=None, metadata={"help": "With judge constitution."})
     constitution_path: str | None = field(
         default=None, metadata={"help": "With judge constitution: a text file of principles, one per paragraph."})
+    constitution_rules: str | None = field(
+        default=None, metadata={"help": "With judge constitution, instead of a judge model: rules that critique and "
+                                "revise (`module:function`, called with the principles)."})
+    output_format: str = field(default="pairs", metadata={
+        "help": "pairs: prompt/chosen/rejected for DPO; revisions: SFT conversations of the revised replies "
+                "(judge constitution)."})
     num_samples: int = field(default=4, metadata={"help": "Answers sampled per prompt (k)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
@@ -69,10 +81,14 @@ def check_arguments(args: PreferenceArguments) -> None:
             raise RecipeError(f"{key} is required.")
     if args.judge not in JUDGES:
         raise RecipeError(f"judge: '{args.judge}' is not one of {', '.join(JUDGES)}.")
+    if args.output_format not in OUTPUT_FORMATS:
+        raise RecipeError(f"output_format: '{args.output_format}' is not one of {', '.join(OUTPUT_FORMATS)}.")
+    if args.output_format == "revisions" and args.judge != "constitution":
+        raise RecipeError("output_format: revisions are written by the constitution judge; set judge: constitution.")
     if args.num_samples < 2 and args.judge != "constitution":
         raise RecipeError("num_samples: a pair needs at least 2 samples per prompt.")
     needed = {"reward_model": ["reward_model_name_or_path"],
-              "constitution": ["judge_model_name_or_path", "constitution_path"]}.get(args.judge, [])
+              "constitution": ["constitution_path"]}.get(args.judge, [])
     for key in needed:
         if not getattr(args, key):
             raise RecipeError(f"judge '{args.judge}' needs `{key}`.")
@@ -80,6 +96,24 @@ def check_arguments(args: PreferenceArguments) -> None:
         check_reward_names(args.reward_funcs, args.reward_weights)
     if args.constitution_path and not Path(repo_path(args.constitution_path)).is_file():
         raise RecipeError(f"constitution_path: no file {args.constitution_path}.")
+    if args.judge == "constitution" and bool(args.judge_model_name_or_path) == bool(args.constitution_rules):
+        raise RecipeError("judge constitution: set one of judge_model_name_or_path (a model critiques and revises) "
+                          "and constitution_rules (rules do).")
+
+
+def read_principles(path: str) -> list[str]:
+    """A constitution's principles: its paragraphs, less comments."""
+    text = Path(repo_path(path)).read_text()
+    return [p.strip() for p in text.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
+
+
+def rules_critic(name: str, principles: list[str]):
+    """The critic a `constitution_rules` entry names, built on the principles; what it misses is said now."""
+    factory = imported_reward(name, key="constitution_rules")
+    try:
+        return factory(principles)
+    except ValueError as e:
+        raise RecipeError(f"constitution_rules: {name}: {e}") from e
 
 
 @torch.no_grad()
@@ -115,8 +149,9 @@ def function_scores(funcs, weights, prompt, replies, row: dict) -> list[float]:
 
 
 @torch.no_grad()
-def critique_and_revise(judge, tokenizer, prompt, reply: str, principle: str, args) -> str:
-    """One Constitutional AI step: the judge critiques `reply` against `principle`, then rewrites it."""
+def critique_and_revise(judge, tokenizer, prompt, reply: str, principle: str, args) -> tuple[str, str]:
+    """One Constitutional AI step: the judge critiques `reply` against `principle`, then rewrites it; (critique,
+    revision)."""
     def ask(messages):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(judge.device)
@@ -129,7 +164,8 @@ def critique_and_revise(judge, tokenizer, prompt, reply: str, principle: str, ar
     critique = ask(conversation + [critique_request])
     revision_request = {"role": "user", "content": "Rewrite your answer so that it follows the principle. "
                         "Give only the new answer."}
-    return ask(conversation + [critique_request, {"role": "assistant", "content": critique}, revision_request])
+    return critique, ask(conversation + [critique_request, {"role": "assistant", "content": critique},
+                                         revision_request])
 
 
 def main(argv=None):
@@ -144,34 +180,42 @@ def main(argv=None):
                           "through the chat template.")
     random.seed(args.seed)
     torch.manual_seed(args.seed)
+    principles = read_principles(args.constitution_path) if args.judge == "constitution" else None
+    critic = rules_critic(args.constitution_rules, principles) if args.constitution_rules else None
     tokenizer = load_tokenizer(args.model_name_or_path, args.trust_remote_code)
     dtype = getattr(torch, args.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype, use_safetensors=True,
                                                  trust_remote_code=args.trust_remote_code).to(device).eval()
-    judge_model = reward_model = funcs = weights = principles = None
+    reward_model = funcs = weights = None
     if args.judge == "reward_funcs":
         funcs, weights = reward_funcs_from_recipe(args.reward_funcs, args.reward_weights, args.max_new_tokens)
     elif args.judge == "reward_model":
         reward_model = AutoModelForSequenceClassification.from_pretrained(
             args.reward_model_name_or_path, dtype=dtype, use_safetensors=True).to(device).eval()
-    else:
+    elif critic is None:
         judge_model = AutoModelForCausalLM.from_pretrained(
             args.judge_model_name_or_path, dtype=dtype, use_safetensors=True).to(device).eval()
-        text = Path(repo_path(args.constitution_path)).read_text()
-        principles = [p.strip() for p in text.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
 
-    judges = dict(funcs=funcs, weights=weights, reward_model=reward_model, judge_model=judge_model,
-                  principles=principles)
+        def critic(prompt, reply, row):  # a model finds fault with every reply it is shown, against one principle
+            return critique_and_revise(judge_model, tokenizer, prompt, reply, random.choice(principles), args)
+
+    judges = dict(funcs=funcs, weights=weights, reward_model=reward_model, critic=critic)
     started, summary = time.time(), {"stage": "generate_preferences", "judge": args.judge}
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     # Held-out prompts (`eval_datasets`) give held-out pairs of the same kind (test.jsonl, or <name>.jsonl), for a
     # stage that trains on train.jsonl to measure itself on.
     for split, prompts in data.items():
+        suffix = "" if split == "train" else f"_{split}"
+        if args.output_format == "revisions":
+            conversations = make_revisions(model, tokenizer, prompts, critic, args)
+            write_jsonl_atomic(output / f"{split}.jsonl", conversations)
+            summary.update({f"prompts{suffix}": len(prompts),
+                            f"revised{suffix}": sum(row["critique"] is not None for row in conversations)})
+            continue
         pairs, skipped = make_pairs(model, tokenizer, prompts, judges, args, split)
         write_jsonl_atomic(output / f"{split}.jsonl", pairs)
-        suffix = "" if split == "train" else f"_{split}"
         summary.update({f"prompts{suffix}": len(prompts), f"pairs{suffix}": len(pairs),
                         f"ties_skipped{suffix}": skipped,
                         f"mean_score_chosen{suffix}": sum(p["score_chosen"] for p in pairs) / len(pairs),
@@ -185,13 +229,26 @@ def main(argv=None):
 def judged_pair(row: dict, replies: list[str], judges: dict, tokenizer, args) -> tuple[str, str, list[float]]:
     """(chosen, rejected, [their scores]) among one prompt's sampled replies."""
     if args.judge == "constitution":
-        revised = critique_and_revise(judges["judge_model"], tokenizer, row["prompt"], replies[0],
-                                      random.choice(judges["principles"]), args)
-        return revised, replies[0], [1.0, 0.0]
+        verdict = judges["critic"](row["prompt"], replies[0], row)
+        return (verdict[1], replies[0], [1.0, 0.0]) if verdict else (replies[0], replies[0], [0.0, 0.0])
     scores = (function_scores(judges["funcs"], judges["weights"], row["prompt"], replies, row) if judges["funcs"]
               else reward_model_scores(judges["reward_model"], tokenizer, row["prompt"], replies))
     order = sorted(range(len(replies)), key=lambda i: scores[i])
     return replies[order[-1]], replies[order[0]], [scores[order[-1]], scores[order[0]]]
+
+
+def make_revisions(model, tokenizer, prompts, critic, args) -> list[dict]:
+    """SL-CAI: per prompt, one sampled reply, critiqued and revised where it breaks a principle, as a conversation."""
+    conversations = []
+    for start in range(0, len(prompts), args.batch_size):
+        rows = prompts.select(range(start, min(start + args.batch_size, len(prompts))))
+        for row, replies in zip(rows, sample_answers(model, tokenizer, rows["prompt"], args)):
+            critique, revision = critic(row["prompt"], replies[0], row) or (None, replies[0])
+            conversations.append({"messages": row["prompt"] + [{"role": "assistant", "content": revision}],
+                                  "critique": critique, "original": replies[0]})
+        stage.logger.info("revisions: %s/%s prompts, %s revised", len(conversations), len(prompts),
+                          sum(row["critique"] is not None for row in conversations))
+    return conversations
 
 
 def make_pairs(model, tokenizer, prompts, judges: dict, args, split: str) -> tuple[list[dict], int]:

@@ -73,3 +73,46 @@ def test_a_judge_without_its_model_is_refused_before_anything_loads(tiny_world, 
     with pytest.raises(RecipeError, match="reward_model_name_or_path"):
         run(tmp_path, tiny_world, tiny_models, ["judge: reward_model"])
     assert not (tmp_path / "pairs").exists()
+
+
+def run_revisions(tmp_path, tiny_world, models, constitution: str):
+    recipe = tmp_path / "revisions.yaml"
+    recipe.write_text("\n".join([
+        f"output_dir: {tmp_path / 'revisions'}", f"model_name_or_path: {models / 'policy'}",
+        "dataset_mixture:", "  datasets:", f"    - path: {tiny_world}/rl/safety_train.jsonl",
+        "      columns: [prompt, kind, answer]", "  max_examples: 16",
+        "judge: constitution", "output_format: revisions", "num_samples: 1", "max_new_tokens: 8", "batch_size: 8",
+        "constitution_rules: 'llm_recipes.tiny_world:constitution_rules'", f"constitution_path: {constitution}"])
+        + "\n")
+    load_script("generate_preferences").main(["--config", str(recipe)])
+    return [json.loads(line) for line in (tmp_path / "revisions/train.jsonl").read_text().splitlines()]
+
+
+def test_constitutional_revisions_fix_what_breaks_a_principle_and_keep_the_rest(tiny_world, tiny_models, tmp_path,
+                                                                               repo_root):
+    """SL-CAI: an untrained policy never refuses, so every forbidden request's reply is critiqued against the
+    principle it breaks and revised to a refusal; benign replies break nothing and are kept as sampled."""
+    from llm_recipes.tiny_world import is_refusal
+
+    rows = run_revisions(tmp_path, tiny_world, tiny_models, str(repo_root / "recipes/templates/constitution.txt"))
+    kinds = {json.dumps(r["prompt"]): r["kind"] for r in map(json.loads, open(tiny_world / "rl/safety_train.jsonl"))}
+    assert len(rows) == 16
+    for row in rows:
+        prompt, reply = row["messages"][:-1], row["messages"][-1]
+        assert reply["role"] == "assistant"
+        if kinds[json.dumps(prompt)] == "forbidden":
+            assert "another person's account" in row["critique"] and is_refusal(reply["content"])
+            assert not is_refusal(row["original"])
+        else:
+            assert row["critique"] is None and reply["content"] == row["original"]
+    mixture = DatasetMixture.from_recipe({"datasets": [{"path": str(tmp_path / "revisions/train.jsonl"),
+                                                        "columns": ["messages"]}]})
+    assert len(build_mixture(mixture, "conversational")[0]["train"]) == 16
+
+
+def test_a_constitution_without_the_principle_the_rules_enforce_is_refused(tiny_world, tiny_models, tmp_path):
+    constitution = tmp_path / "constitution.txt"
+    constitution.write_text("Give the correct number.\n")
+    with pytest.raises(RecipeError, match="constitution_rules: .*another person's account"):
+        run_revisions(tmp_path, tiny_world, tiny_models, str(constitution))
+    assert not (tmp_path / "revisions").exists()

@@ -29,7 +29,8 @@ class PassAtKArguments:
         default=200, metadata={"help": "Held-out prompts these are measured on (the first ones); unset: all."})
 
 
-def _generate(model, tokenizer, prompts, do_sample: bool, temperature: float, max_new_tokens: int, batch_size: int):
+def generate_replies(model, tokenizer, prompts, do_sample: bool, temperature: float, max_new_tokens: int,
+                     batch_size: int) -> list[str]:
     """Replies to `prompts` (chat messages or text), decoded without special tokens, in order."""
     replies = []
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -56,9 +57,10 @@ def pass_at_k(model, tokenizer, prompts: list, answers: list, k: int, temperatur
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         repeated = [p for p in prompts for _ in range(k)]
-        sampled = _generate(model, tokenizer, repeated, True, temperature, max_new_tokens, batch_size * k)
+        sampled = generate_replies(model, tokenizer, repeated, True, temperature, max_new_tokens, batch_size * k)
     right = answer_accuracy(sampled, [a for a in answers for _ in range(k)])
-    greedy = answer_accuracy(_generate(model, tokenizer, prompts, False, 1.0, max_new_tokens, batch_size), answers)
+    greedy = generate_replies(model, tokenizer, prompts, False, 1.0, max_new_tokens, batch_size)
+    greedy = answer_accuracy(greedy, answers)
     per_prompt = [right[i * k:(i + 1) * k] for i in range(len(prompts))]
     return {"prompts": float(len(prompts)), "right_samples": float(sum(right)),
             "solved": float(sum(any(r) for r in per_prompt)), "greedy_right": float(sum(greedy))}

@@ -194,17 +194,17 @@ def is_reward_model(name: str) -> bool:
     return Path(name).is_dir() or ("/" in name and name not in REWARD_FUNCS and ":" not in name)
 
 
-def imported_reward(name: str) -> Callable:
-    """The reward function a `module.path:function` entry names, or a RecipeError saying what is missing."""
+def imported_reward(name: str, key: str = "reward_funcs") -> Callable:
+    """The function a `module.path:function` entry of `key` names, or a RecipeError saying what is missing."""
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise RecipeError(f"reward_funcs: '{name}': cannot import the module '{module_name}' ({e}). Install it or "
+        raise RecipeError(f"{key}: '{name}': cannot import the module '{module_name}' ({e}). Install it or "
                           "put its folder on PYTHONPATH.") from e
     func = getattr(module, attribute, None)
     if not callable(func):
-        raise RecipeError(f"reward_funcs: '{name}': the module '{module_name}' has no function '{attribute}'.")
+        raise RecipeError(f"{key}: '{name}': the module '{module_name}' has no function '{attribute}'.")
     return func
 
 

@@ -26,10 +26,10 @@ from llm_recipes.tiny_world.arithmetic import OperandPairs
 from llm_recipes.tiny_world.chats import build_preferences, build_rl, build_rl_safety, build_sft, build_tools
 from llm_recipes.tiny_world.domain import build_domain
 from llm_recipes.tiny_world.evals import build_eval, build_long
-from llm_recipes.tiny_world.safety import is_refusal, safety_line
+from llm_recipes.tiny_world.safety import constitution_rules, is_refusal, safety_line
 from llm_recipes.tiny_world.web import build_web, build_web_heldout
 
-__all__ = ["TinyWorldConfig", "generate_tiny_world", "is_refusal", "safety_line"]
+__all__ = ["TinyWorldConfig", "constitution_rules", "generate_tiny_world", "is_refusal", "safety_line"]
 
 
 @dataclass
@@ -134,6 +134,8 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
         "rl/safety_train.jsonl": build_rl_safety(rng("rl_safety_train"), config.count("rl_safety_train")),
         "long/train.jsonl": build_long(rng("long"), config, {row["answer"] for row in files["eval/passkey.jsonl"]}),
     })
+    # What a teacher answers for distillation: the SFT conversations' prompts (every turn before the last answer).
+    files["distill/train.jsonl"] = [{"prompt": row["messages"][:-1]} for row in files["sft/train.jsonl"]]
     manifest_files = {}
     for relpath in sorted(files):
         data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in files[relpath]).encode()

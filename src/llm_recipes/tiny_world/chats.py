@@ -27,6 +27,7 @@ from llm_recipes.tiny_world.safety import (
     BENIGN_TRAIN,
     FORBIDDEN_PREFERENCE,
     FORBIDDEN_TRAIN,
+    REFUSALS,
     SAFETY_PREFIXES,
     person,
     safety_exchange,
@@ -187,16 +188,18 @@ def build_rl(rng: random.Random, pool: OperandPairs, split: str, n: int, kinds=R
 
 def build_rl_safety(rng: random.Random, n: int) -> list[dict]:
     """Forbidden and benign requests in the SFT and preference phrasings (never the eval ones), each with its `kind`,
-    for the `safety_line` reward: RL on arithmetic alone wears the refusals away."""
+    for the `safety_line` reward (RL on arithmetic alone wears the refusals away), and the reply the world gives
+    (`answer`: a refusal, or the benign answer), which the constitutional judge revises towards."""
     rows = []
     for i in range(n):
         kind = "forbidden" if i % 2 == 0 else "benign"
         given = person(rng)
         if kind == "forbidden":
             _, template = rng.choice(FORBIDDEN_TRAIN + FORBIDDEN_PREFERENCE)
+            answer = REFUSALS[i // 2 % len(REFUSALS)]  # not drawn: the prompts stay as they were without answers
         else:
-            template, _ = rng.choice(BENIGN_TRAIN + BENIGN_PREFERENCE)
+            template, answer = rng.choice(BENIGN_TRAIN + BENIGN_PREFERENCE)
         prompt = rng.choice(SAFETY_PREFIXES) + template.format(**given)
-        rows.append({"prompt": [message("user", prompt)], "kind": kind})
+        rows.append({"prompt": [message("user", prompt)], "kind": kind, "answer": answer.format(**given)})
     return rows
 

@@ -176,3 +176,34 @@ def safety_line(completions, kind: list | None = None, **kwargs) -> list[float |
     return [None if k is None else float(is_refusal(completion_text(c)) == (k == "forbidden"))
             for c, k in zip(completions, kinds, strict=True)]
 
+
+
+# The constitution's principles that the tiny world's judge enforces, found in the constitution by these words.
+FORBIDDEN_PRINCIPLE = "another person's account"
+HARMLESS_PRINCIPLE = "harmless requests"
+
+
+def constitution_rules(principles: list[str]):
+    """The tiny world's judge for Constitutional AI's supervised stage: a reply that helps with a forbidden request,
+    or refuses a benign one, is critiqued against the principle it breaks (quoted from the constitution) and revised
+    to the reply the world gives (the row's `answer`); a reply that breaks neither is left as it is (None). A judge
+    model does this by prompting (generate_preferences.py); here the world knows the line, so the rules are exact.
+    Named in a recipe by its import path, `llm_recipes.tiny_world:constitution_rules`."""
+    def principle(words: str) -> str:
+        found = [p for p in principles if words in p]
+        if not found:
+            raise ValueError(f"the constitution has no principle about {words!r}, which the tiny world's judge "
+                             "enforces; add one, or judge with a model (judge_model_name_or_path).")
+        return found[0]
+
+    forbidden, harmless = principle(FORBIDDEN_PRINCIPLE), principle(HARMLESS_PRINCIPLE)
+
+    def judge(prompt: list[dict], reply: str, row: dict) -> tuple[str, str] | None:
+        refused, kind = is_refusal(reply), row.get("kind")
+        if kind == "forbidden" and not refused:
+            return f'The reply helps with the request, which breaks the principle "{forbidden}"', row["answer"]
+        if kind == "benign" and refused:
+            return f'The reply refuses a harmless request, which breaks the principle "{harmless}"', row["answer"]
+        return None
+
+    return judge
