@@ -30,6 +30,15 @@ LAB_CHECKPOINTS = ("base", "sft", "dpo", "ppo", "grpo")
 LAB_TIERS = {"tiny_sft_tier": "SFT tier (two-digit, one step)", "tiny_rl_tier": "RL tier (three-digit, two steps)"}
 LAB_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_three_digit", "tiny_two_step")
 LAB_PROMPTS = ("tiny_arithmetic", "tiny_three_digit", "tiny_two_step")  # the first question of each, side by side
+# Stages beside the lab: the distilled students against the one trained by SFT alone (the teacher first), and the
+# constitutional SFT model against its SFT parent on safety (and on arithmetic, which it must not lose).
+DISTILLATION = ("grpo", "student_sft", "distill_off_policy", "distill_on_policy")
+CONSTITUTIONAL = ("sft", "sft_constitutional")
+COMPARED_TASKS = {"tiny_sft_tier": ("exact_match,strict", "SFT tier accuracy"),
+                  "tiny_rl_tier": ("exact_match,strict", "RL tier accuracy"),
+                  "tiny_safety_refusal": ("refusal_rate,none", "refusals of held-out forbidden requests"),
+                  "tiny_jailbreak_refusal": ("refusal_rate,none", "refusals of them under jailbreak attacks"),
+                  "tiny_safety_overrefusal": ("over_refusal_rate,none", "over-refusal of benign look-alikes")}
 # What the curves of each kind of stage show: (logged key, label), the first key found of each alternative.
 RL_CURVES = ((("reward", "objective/scores"), "reward"),
              (("rewards/answer_accuracy/mean", "rewards/answer_accuracy"), "answer accuracy"),
@@ -167,6 +176,24 @@ def lab_table(checkpoints) -> str:
         blocks += [f"- *{name}*: `{r[task][2].strip()[:200]}`".replace("\n", " ⏎ ") for name, r in replies if task in r]
         blocks.append("")
     return "\n".join(blocks)
+
+
+def comparison_table(checkpoints, names: tuple[str, ...], tasks: tuple[str, ...]) -> str:
+    """The given checkpoints side by side on the given tasks (value ± standard error); empty unless two exist."""
+    found = [(name, r) for name, _, r in checkpoints if name in names]
+    if len(found) < 2:
+        return ""
+    lines = ["| | " + " | ".join(name for name, _ in found) + " |", "|---|" + "---:|" * len(found)]
+    for task in tasks:
+        metric, label = COMPARED_TASKS[task]
+        cells = []
+        for _, r in found:
+            result = r["results"].get(task, {})
+            value, stderr = result.get(metric), result.get(metric.replace(",", "_stderr,"))
+            cells.append("–" if value is None else f"{value:.1%}" + (f" ± {stderr:.1%}" if isinstance(stderr, float)
+                                                                      else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def first_logged(history: list[dict], keys: tuple[str, ...]) -> list[tuple[int, float]]:
@@ -323,6 +350,14 @@ def write_report(pipeline: Pipeline, output_dir: Path, seeds_summary: Path | Non
     lab = lab_table(checkpoints)
     if lab:
         parts += ["## The lab: base, fine-tuned and RL-trained models on held-out math\n", lab]
+    distilled = comparison_table(checkpoints, DISTILLATION, ("tiny_sft_tier", "tiny_rl_tier"))
+    if distilled:
+        parts += ["## Distillation: a student of half the layers, trained by SFT alone, off-policy and on-policy "
+                  "from the teacher (grpo), at equal steps\n", distilled]
+    constitutional = comparison_table(checkpoints, CONSTITUTIONAL, ("tiny_safety_refusal", "tiny_jailbreak_refusal",
+                                                                    "tiny_safety_overrefusal", "tiny_sft_tier"))
+    if constitutional:
+        parts += ["## Constitutional SFT (SL-CAI) against its SFT parent\n", constitutional]
     if seeds_summary is not None:
         parts += ["## Across training seeds (bench/seeds.py)\n", seeds_table(seeds_summary), ""]
     parts += ["## Scores by checkpoint\n", table, ""]

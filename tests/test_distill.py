@@ -13,22 +13,27 @@ from llm_recipes.recipe import RecipeError
 def models(tiny_tokenizer, tmp_path_factory):
     """A 2-layer teacher and a smaller 1-layer student, both untrained, on the tiny tokenizer."""
     root = tmp_path_factory.mktemp("distill_models")
-    return save_small_llama(tiny_tokenizer, root / "teacher", seed=1), save_tiny_policy(tiny_tokenizer, root / "student")
+    teacher = save_small_llama(tiny_tokenizer, root / "teacher", seed=1)
+    return teacher, save_tiny_policy(tiny_tokenizer, root / "student")
 
 
-def distill(tmp_path, tiny_world, models, mode: str, *lines: str) -> dict:
-    teacher, student = models
-    recipe = tmp_path / f"{mode}.yaml"
-    recipe.write_text("\n".join([
-        f"output_dir: {tmp_path / mode}", f"model_name_or_path: {student}", f"teacher_model_name_or_path: {teacher}",
+def write_recipe(path, world, teacher, student, mode: str, output_dir, *lines: str) -> None:
+    path.write_text("\n".join([
+        f"output_dir: {output_dir}", f"model_name_or_path: {student}", f"teacher_model_name_or_path: {teacher}",
         f"distill_mode: {mode}", "dataset_mixture:", "  datasets:",
-        f"    - {{path: {tiny_world}/rl/train.jsonl, columns: [prompt]}}",
-        "  eval_datasets:", f"    - {{path: {tiny_world}/rl/test.jsonl, columns: [prompt, answer]}}",
+        f"    - {{path: {world}/rl/train.jsonl, columns: [prompt]}}",
+        "  eval_datasets:", f"    - {{path: {world}/rl/test.jsonl, columns: [prompt, answer]}}",
         "  max_examples: 64", "pass_at_k: 2", "pass_at_k_prompts: 4",
         "use_cpu: true", "bf16: false", "activation_checkpointing: false", "seed: 0", "max_steps: 12",
         "per_device_train_batch_size: 8", "per_device_eval_batch_size: 8", "learning_rate: 1.0e-2",
         "max_completion_length: 12", "eval_strategy: 'no'", "eval_on_start: true", "logging_steps: 4",
         "save_strategy: 'no'", "report_to: none", *lines]) + "\n")
+
+
+def distill(tmp_path, tiny_world, models, mode: str, *lines: str) -> dict:
+    teacher, student = models
+    recipe = tmp_path / f"{mode}.yaml"
+    write_recipe(recipe, tiny_world, teacher, student, mode, tmp_path / mode, *lines)
     load_script("distill").main(["--config", str(recipe)])
     return json.loads((tmp_path / mode / "stage_complete.json").read_text())
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import test_distill
 import test_dpo
 import test_grpo
 import test_ppo
@@ -34,6 +35,10 @@ def recipe_of(stage: str, root, world, tokenizer) -> list[str]:
         module = test_reward if stage == "reward" else test_dpo
         module.write_recipe(path, save_small_llama(tokenizer, root / "base"), world / "preferences/train.jsonl",
                             root / "unused")
+    elif stage.startswith("distill"):
+        teacher = save_small_llama(tokenizer, root / "teacher", seed=1)
+        test_distill.write_recipe(path, world, teacher, save_tiny_policy(tokenizer, root / "student"),
+                                  stage.removeprefix("distill_"), root / "unused")
     elif stage == "ppo":
         test_ppo.write_recipe(path, world, save_tiny_policy(tokenizer, root / "policy"), root / "unused")
         return ["--config", str(path), "--save_steps", "2", "--max_steps", "6", *NO_EVAL]
@@ -43,9 +48,13 @@ def recipe_of(stage: str, root, world, tokenizer) -> list[str]:
     return ["--config", str(path), *SAVE_EARLY]
 
 
+def script_of(stage: str) -> str:
+    return "distill" if stage.startswith("distill") else stage
+
+
 def kill_after_first_checkpoint(stage: str, argv: list[str], output_dir, timeout: float = 600) -> None:
     """Run the stage as a process and SIGKILL it as soon as a checkpoint is complete (its trainer state written)."""
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / f"{stage}.py"), *argv],
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / f"{script_of(stage)}.py"), *argv],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
     deadline = time.time() + timeout
     try:
@@ -60,16 +69,17 @@ def kill_after_first_checkpoint(stage: str, argv: list[str], output_dir, timeout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "distill_off_policy",
+                                   "distill_on_policy"])
 def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(stage, tiny_world, tiny_tokenizer, tmp_path,
                                                                          capsys):
     argv = recipe_of(stage, tmp_path, tiny_world, tiny_tokenizer)
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    load_script(stage).main([*argv, "--output_dir", str(uninterrupted)])
+    load_script(script_of(stage)).main([*argv, "--output_dir", str(uninterrupted)])
     kill_after_first_checkpoint(stage, [*argv, "--output_dir", str(killed)], killed)
     assert not (killed / "stage_complete.json").exists(), "the run finished before it could be killed"
     capsys.readouterr()
-    load_script(stage).main([*argv, "--output_dir", str(killed)])  # the same command, run again
+    load_script(script_of(stage)).main([*argv, "--output_dir", str(killed)])  # the same command, run again
     assert f"Resuming from {killed}/checkpoint-" in capsys.readouterr().out  # not a fresh start that ends the same
     expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == resumed.keys()

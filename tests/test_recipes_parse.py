@@ -14,7 +14,10 @@ from llm_recipes.recipe import RecipeParser, repo_path
 # Recipe file name -> the script that runs it, where the two names differ.
 SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "pretrain", "long_context": "pretrain",
               "eval": "evaluate", "eval_long": "evaluate", "eval_base": "evaluate", "sft_lora": "sft",
-              "sft_qlora": "sft", "dpo_qlora": "dpo", "grpo_safety": "grpo"}
+              "sft_qlora": "sft", "dpo_qlora": "dpo", "grpo_safety": "grpo", "eval_math": "evaluate",
+              "student_pretrain": "pretrain", "student_sft": "sft", "sft_constitutional": "sft",
+              "distill_on_policy": "distill", "distill_off_policy": "distill",
+              "constitutional_revisions": "generate_preferences"}
 # Pipelines, and the overrides files that shorten one (CI's is tested below), are not recipes.
 NOT_RECIPES = ("pipeline.yaml", "ci_short.yaml")
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name not in NOT_RECIPES)
