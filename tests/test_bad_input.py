@@ -162,6 +162,17 @@ def cases(ws) -> list[dict]:
         stage("ppo_reward_without_its_column", "ppo.py", "'answer_accuracy' reads the column 'answer'",
               {"model_name_or_path": str(model),
                "dataset_mixture": {"datasets": [str(data / "prompts_no_answer.jsonl")]}}),
+        # Distillation and constitutional revisions
+        stage("distill_no_teacher_folder", "distill.py", f"teacher_model_name_or_path: there is no folder {root}",
+              {"model_name_or_path": str(model), "dataset_mixture": rl,
+               "teacher_model_name_or_path": str(root / "no_teacher")}),
+        stage("distill_mode_typo", "distill.py", "distill_mode: 'onpolicy' is not one of on_policy, off_policy",
+              {"model_name_or_path": str(model), "dataset_mixture": rl, "teacher_model_name_or_path": str(model),
+               "distill_mode": "onpolicy"}),
+        raw("revisions_without_a_judge", "generate_preferences.py",
+            f"output_dir: {root / 'revisions_without_a_judge' / 'out'}\nmodel_name_or_path: {model}\n"
+            f"dataset_mixture: {flow(rl)}\njudge: constitution\noutput_format: revisions\n"
+            "constitution_path: recipes/templates/constitution.txt\n", "set one of judge_model_name_or_path"),
         # Pretraining and the tokenizer
         stage("pretrain_streaming", "pretrain.py", "dataset_mixture.streaming: pretrain needs a map-style dataset",
               {"model_name_or_path": str(model), "dataset_mixture": {"datasets": [web], "streaming": True}}),
