@@ -6,6 +6,8 @@
 
 The model is built from the recipe's `model_config` (from scratch) or loaded from `model_name_or_path` (continued
 pretraining). Documents are tokenized, joined with EOS and cut into full blocks of `max_seq_length` tokens.
+A mixture-of-experts model (`model_type: qwen3_moe`, ...) trains the same way; its router's load-balancing loss and
+each expert's share of tokens are logged (llm_recipes/moe.py).
 """
 
 import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
@@ -18,6 +20,7 @@ from trl import ModelConfig
 from llm_recipes import stage
 from llm_recipes.data import tokenize_and_pack
 from llm_recipes.model import load_causal_lm, meta_model, pretraining_dry_run
+from llm_recipes.moe import add_router_stats
 from llm_recipes.recipe import RecipeError
 
 
@@ -71,9 +74,11 @@ def main(argv=None):
                            args.model_config_overrides)
     trainer = Trainer(model=model, args=training_args, train_dataset=run.data["train"], eval_dataset=run.eval_dataset,
                       processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    router = add_router_stats(trainer)
     stage.train(trainer, run, keep=lambda key: key.endswith("_loss"), summary=lambda result, evaluated: {
         "train_tokens_per_second": result.metrics["train_samples_per_second"] * args.max_seq_length,
-        **{key.replace("_loss", "_perplexity"): math.exp(loss) for key, loss in evaluated.items()}})
+        **{key.replace("_loss", "_perplexity"): math.exp(loss) for key, loss in evaluated.items()},
+        **({"final_moe_aux_loss": stage.last_logged(trainer, "moe_aux_loss"), **router.summary()} if router else {})})
 
 
 if __name__ == "__main__":

@@ -50,9 +50,14 @@ def model_config_from_recipe(
     return AutoConfig.for_model(model_type, **architecture)
 
 
+# Config keys that choose a kernel rather than an architecture field: a mixture of experts' expert computation
+# (eager, batched_mm, grouped_mm; llm_recipes/moe.py).
+KERNEL_KEYS = {"experts_implementation"}
+
+
 def check_config_keys(config, keys, where: str) -> None:
     """Name the first of `keys` that `config`'s architecture does not have, with its closest valid key."""
-    valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+    valid = set(config.to_dict()) | set(getattr(config, "attribute_map", {})) | KERNEL_KEYS
     for key in keys:
         if key not in valid and not hasattr(config, key):
             raise RecipeError(unknown_key_message(
