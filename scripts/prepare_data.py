@@ -8,6 +8,8 @@ Writes `<output_dir>/data/` (`.jsonl.gz` shards with `text`, `id`, `source`, `ur
 in and out of each step, and why the dropped ones were dropped) and datatrove's logs under `logs/<stage>/`.
 A run of the same recipe that was cut off resumes where datatrove left it; any other run starts clean. With
 `executor: slurm` the stages are submitted as a chain of job arrays whose last job writes the report.
+With `quality_classifier`, a judge labels a sample first and fastText learns the labels (quality_classifier/: the
+model and its held-out precision and recall); the filter then scores every page (llm_recipes/curation/classifier.py).
 """
 
 import llm_recipes  # noqa: F401, I001  first of all: it keeps known library start-up noise out of the log
@@ -15,6 +17,8 @@ import time
 
 from llm_recipes import stage
 from llm_recipes.curation import Plan, PrepareDataArguments, prepare_run, write_report
+from llm_recipes.curation.classifier import train_quality_classifier
+from llm_recipes.curation.config import CLASSIFIER, quality_classifier_settings
 from llm_recipes.recipe import RecipeParser
 
 ARGUMENTS = (PrepareDataArguments,)
@@ -31,6 +35,9 @@ def main(argv=None):
 
     started = time.time()
     prepare_run(args)
+    classifier = quality_classifier_settings(args.quality_classifier)
+    if classifier is not None:  # trained before the pipeline that runs it
+        train_quality_classifier(classifier, plan.sources, plan.output_dir / CLASSIFIER, args.seed)
     plan.run()
     if args.executor == "slurm":
         print(f"Submitted; the last job writes {args.output_dir}/summary.md and marks the stage complete.")

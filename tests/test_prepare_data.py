@@ -25,9 +25,9 @@ def tiny_recipe(world, output_dir) -> str:
     return text.replace("runs/tiny/data/", f"{world}/").replace("runs/tiny/prepared", str(output_dir))
 
 
-def read_output(output_dir) -> dict[str, dict]:
+def read_output(output_dir, folder: str = "data") -> dict[str, dict]:
     rows = {}
-    for shard in sorted((output_dir / "data").glob("*.jsonl.gz")):
+    for shard in sorted((output_dir / folder).glob("*.jsonl.gz")):
         with gzip.open(shard, "rt") as f:
             rows.update((row["id"], row) for row in map(json.loads, f))
     return rows
@@ -121,10 +121,38 @@ def test_clean_pages_and_math_pages_are_kept(manifest, kept):
 
 
 def test_documents_keep_their_id_source_url_and_license(tiny_world, kept):
-    raw = {row["id"]: row for row in map(json.loads, (tiny_world / "raw/web.jsonl").read_text().splitlines())}
+    raw = {row["id"]: row for name in ("web", "web_more")
+           for row in map(json.loads, (tiny_world / f"raw/{name}.jsonl").read_text().splitlines())}
     for page_id, row in kept.items():
-        assert row["source"] == "crawl"
+        assert row["source"] == raw[page_id]["source"]
         assert (row["url"], row["license"]) == (raw[page_id]["url"], raw[page_id]["license"])
+    assert {row["source"] for row in kept.values()} == {"crawl", "more"}
+
+
+def test_the_quality_classifier_removes_content_farms_that_heuristic_filters_keep(tiny_world, prepared, kept):
+    """Content farms pass Gopher, C4 and FineWeb's rules; the classifier trained on the judge's labels drops them,
+    and its own held-out measurement (pages it was not trained on) says so too."""
+    more = json.loads((tiny_world / "manifest.json").read_text())["web_more"]
+    farms, clean = set(more["content_farm"]), set(more["clean"])
+    assert len(farms - kept.keys()) / len(farms) >= 0.9
+    assert len(clean - kept.keys()) / len(clean) <= 0.01
+    dropped_by = {step.name: set(read_output(prepared / "dropped", step.name)) for step in
+                  (prepared / "dropped").iterdir()}
+    assert farms <= dropped_by["quality_classifier"]  # the heuristic filters before it let every one pass
+    classifier = json.loads((prepared / "stage_complete.json").read_text())["quality_classifier"]
+    assert classifier["held_out_bad_pages"] > 0 and classifier["recall"] >= 0.9
+    assert classifier["good_pages_dropped"] <= 0.01
+    # The score stays with every page, for a mixture to threshold or weight by.
+    assert all(0.5 <= row["__label__clean"] <= 1 for row in kept.values())
+
+
+def test_the_summary_gives_each_sources_share_before_and_after(prepared):
+    shares = json.loads((prepared / "stage_complete.json").read_text())["source_shares"]
+    assert set(shares) == {"crawl", "more"}
+    for name in shares:
+        assert shares[name]["characters_after"] < shares[name]["characters_before"]
+    assert abs(sum(v["share_before"] for v in shares.values()) - 1) < 1e-3
+    assert "Each source's share of the text" in (prepared / "summary.md").read_text()
 
 
 def test_output_loads_with_datasets_and_as_a_recipe_dataset(prepared, kept):

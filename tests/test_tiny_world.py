@@ -430,6 +430,7 @@ def test_web_heldout_pages_never_appear_in_web(world, web_pages):
 STAGE_COLUMNS = {
     "raw/web.jsonl": {"id", "url", "text", "source", "license"},
     "raw/web_heldout.jsonl": {"text"},
+    "raw/web_more.jsonl": {"id", "url", "text", "source", "license"},
     "domain/train.jsonl": {"text"},
     "domain/heldout.jsonl": {"text"},
     "sft/train.jsonl": {"messages"},
@@ -441,7 +442,8 @@ STAGE_COLUMNS = {
     "preferences/test_safety.jsonl": {"prompt", "chosen", "rejected", "tools", "kind"},
     "rl/train.jsonl": {"prompt", "answer"},
     "rl/test.jsonl": {"prompt", "answer"},
-    "rl/safety_train.jsonl": {"prompt", "kind"},
+    "rl/safety_train.jsonl": {"prompt", "kind", "answer"},
+    "distill/train.jsonl": {"prompt"},
     "eval/arithmetic.jsonl": {"question", "answer", "prompt", "tier"},
     "eval/word_problems.jsonl": {"question", "answer", "tier"},
     "eval/three_digit.jsonl": {"question", "answer", "tier"},
@@ -489,6 +491,32 @@ def test_default_world_has_the_target_sizes(tmp_path):
     assert rows["eval/arithmetic.jsonl"] + rows["eval/word_problems.jsonl"] == 1200
     assert rows["eval/three_digit.jsonl"] + rows["eval/two_step.jsonl"] == 1200
     assert rows["eval/safety.jsonl"] == 200 and rows["eval/passkey.jsonl"] == 200
+
+
+def test_content_farms_are_planted_in_the_second_crawl_and_pass_the_heuristic_filters(tiny_world, repo_root):
+    """The class only a quality classifier can catch: Gopher, C4 and FineWeb's rules, as the tiny recipe sets them,
+    keep every content-farm page."""
+    import yaml
+    from datatrove.data import Document
+
+    from llm_recipes.curation.config import QUALITY_FILTERS, quality_filters
+
+    more = json.loads((tiny_world / "manifest.json").read_text())["web_more"]
+    assert more["content_farm"] and more["clean"]
+    rows = {row["id"]: row for row in read_jsonl(tiny_world / "raw/web_more.jsonl")}
+    recipe = yaml.safe_load((repo_root / "recipes/tiny/prepare_data.yaml").read_text())
+    filters = [QUALITY_FILTERS[name](**kwargs) for name, kwargs in quality_filters(recipe["filters"]).items()]
+    for page_id in more["content_farm"]:
+        document = Document(text=rows[page_id]["text"], id=page_id)
+        assert all(f.filter(document) is True for f in filters), rows[page_id]["text"]
+
+
+def test_the_tiny_world_judge_labels_pages_from_the_manifest(tiny_world):
+    from llm_recipes.tiny_world.content_farm import page_quality
+
+    more = json.loads((tiny_world / "manifest.json").read_text())["web_more"]
+    documents = [{"id": more["content_farm"][0]}, {"id": more["clean"][0]}]
+    assert page_quality(documents, str(tiny_world / "manifest.json")) == ["content_farm", "clean"]
 
 
 def test_the_jailbreak_eval_wraps_every_held_out_forbidden_request_in_an_attack(tiny_world):

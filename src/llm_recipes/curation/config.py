@@ -37,6 +37,7 @@ QUALITY_FILTERS = {
 FORMATS = ("jsonl", "parquet", "hub")
 # What a run writes under `output_dir`: the dataset, dropped documents, datatrove's logs, intermediate files.
 DATA, DROPPED, LOGS, WORK = "data", "dropped", "logs", "work"
+CLASSIFIER = "quality_classifier"  # the classifier's model and its held-out metrics
 REPORT_FILES = ("stats.json", "summary.md")
 # Keys of datatrove's executors that the stage sets itself, per stage.
 EXECUTOR_KEYS_SET_HERE = ("pipeline", "tasks", "workers", "logging_dir", "depends", "skip_completed", "job_name")
@@ -81,6 +82,12 @@ class PrepareDataArguments:
         default=None,
         metadata={"help": "Drop documents that quote an eval set: {n_grams, min_tokens, eval_sets: [{path, fields, "
                   "name, split}]}. See `DecontaminationFilter`."},
+    )
+    quality_classifier: dict | None = field(
+        default=None,
+        metadata={"help": "Score every page with a classifier trained on a judge's labels (FineWeb-Edu's method) and "
+                  "drop those under min_score: {judge: module:function, judge_kwargs, annotate, heldout_fraction, "
+                  "keep_label, min_score, epoch, lr, word_ngrams, dim}. See llm_recipes/curation/classifier.py."},
     )
     skip_bad_records: bool = field(
         default=False,
@@ -133,6 +140,7 @@ def check_recipe(args: PrepareDataArguments) -> None:
     minhash_config(args.minhash)
     pii_settings(args.pii)
     decontamination_settings(args.decontamination)
+    quality_classifier_settings(args.quality_classifier)
     if args.tasks < 1:
         raise RecipeError(f"tasks: expects a positive integer, got {args.tasks}.")
     if args.workers < 1 and args.workers != -1:
@@ -424,6 +432,35 @@ def decontamination_settings(value) -> DecontaminationSettings | None:
     settings = DecontaminationSettings(**kwargs)
     if settings.n_grams < 1 or settings.min_tokens < 1:
         raise RecipeError("decontamination: n_grams and min_tokens must be positive.")
+    return settings
+
+
+@dataclass
+class QualityClassifierSettings:
+    judge: str  # module:function(documents, **judge_kwargs) -> one label per document
+    judge_kwargs: dict = field(default_factory=dict)
+    annotate: int = 1000  # documents the judge labels: a seeded sample of the sources
+    read_per_source: int = 100_000  # documents of each source the sample is drawn from
+    heldout_fraction: float = 0.3  # of the labelled documents, kept out of training to measure the classifier
+    keep_label: str = "clean"  # the label of the pages to keep
+    min_score: float = 0.5  # a page is kept when the classifier gives keep_label at least this probability
+    epoch: int = 25
+    lr: float = 0.5
+    word_ngrams: int = 2
+    dim: int = 32
+
+
+def quality_classifier_settings(value) -> QualityClassifierSettings | None:
+    if value is None:
+        return None
+    kwargs = checked_values(QualityClassifierSettings, value, "quality_classifier")
+    if "judge" not in kwargs or ":" not in str(kwargs["judge"]):
+        raise RecipeError("quality_classifier: needs `judge`, a function named module:function that labels "
+                          "documents (the tiny world's: llm_recipes.tiny_world.content_farm:page_quality).")
+    settings = QualityClassifierSettings(**kwargs)
+    if not 0 < settings.heldout_fraction < 1 or not 0 < settings.min_score < 1 or settings.annotate < 10:
+        raise RecipeError("quality_classifier: heldout_fraction and min_score must be in (0, 1), and annotate at "
+                          "least 10 documents.")
     return settings
 
 

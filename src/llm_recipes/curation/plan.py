@@ -30,10 +30,13 @@ from datatrove.pipeline.dedup import (
     MinhashDedupFilter,
     MinhashDedupSignature,
 )
+from datatrove.pipeline.filters import FastTextClassifierFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
+from llm_recipes.curation.classifier import METRICS_FILE, MODEL_FILE
 from llm_recipes.curation.config import (
+    CLASSIFIER,
     DATA,
     DROPPED,
     LOGS,
@@ -46,10 +49,11 @@ from llm_recipes.curation.config import (
     minhash_config,
     parse_sources,
     pii_settings,
+    quality_classifier_settings,
     quality_filters,
     slurm_settings,
 )
-from llm_recipes.curation.report import merged_stats, run_summary, step_rows, summary_markdown
+from llm_recipes.curation.report import merged_stats, run_summary, source_shares, step_rows, summary_markdown
 from llm_recipes.curation.steps import (
     CountingPIIFormatter,
     DecontaminationFilter,
@@ -130,6 +134,16 @@ class Plan:
         for name, kwargs in quality_filters(args.filters).items():
             steps.append(QUALITY_FILTERS[name](**kwargs, exclusion_writer=self._dropped_writer(name)))
             labels.append(name)
+        classifier = quality_classifier_settings(args.quality_classifier)
+        if classifier is not None:
+            # After the heuristic filters, as FineWeb-Edu's classifier ran on FineWeb: it scores what they keep.
+            # The model file is written before the run (`train_quality_classifier`); the filter loads it lazily.
+            steps.append(FastTextClassifierFilter(
+                str(self.output_dir / CLASSIFIER / MODEL_FILE), keep_labels=[(classifier.keep_label,
+                                                                              classifier.min_score)],
+                save_labels_in_metadata=True, newline_replacement=" ",
+                exclusion_writer=self._dropped_writer("quality_classifier")))
+            labels.append("quality_classifier")
         decont = decontamination_settings(args.decontamination)
         if decont is not None:
             steps.append(DecontaminationFilter(decont, exclusion_writer=self._dropped_writer("decontamination")))
@@ -284,7 +298,7 @@ def prepare_run(args: PrepareDataArguments) -> None:
         logger.info("Resuming the run in %s: datatrove skips the tasks it completed.", output_dir)
         return
     (output_dir / COMPLETE_MARKER).unlink(missing_ok=True)
-    for name in (DATA, DROPPED, LOGS, WORK):
+    for name in (DATA, DROPPED, LOGS, WORK, CLASSIFIER):
         shutil.rmtree(output_dir / name, ignore_errors=True)
     for name in REPORT_FILES:
         (output_dir / name).unlink(missing_ok=True)
@@ -324,6 +338,9 @@ def write_report(plan: Plan, seconds: float | None = None) -> dict:
             shutil.rmtree(output_dir / name, ignore_errors=True)
             source.rename(output_dir / name)
     (output_dir / DATA).mkdir(exist_ok=True)  # every document may have been dropped
+    summary["source_shares"] = source_shares(rows, output_dir / DATA)
+    if (output_dir / CLASSIFIER / METRICS_FILE).is_file():
+        summary["quality_classifier"] = json.loads((output_dir / CLASSIFIER / METRICS_FILE).read_text())
     write_json_atomic(output_dir / "stats.json", stats)
     (output_dir / "summary.md").write_text(summary_markdown(rows, summary))
     if not plan.args.keep_work_dir:

@@ -3,6 +3,7 @@ out of every step with the reasons for what was dropped (`summary.md`), and the 
 `plan.write_report` writes them. The report calls each datatrove job a stage, as its logs folder (`logs/<stage>/`) does.
 """
 
+import gzip
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,23 @@ def run_summary(rows: list[dict], seconds: float, data: Path, skipped: int = 0) 
     }
 
 
+def source_shares(rows: list[dict], data: Path) -> dict[str, dict]:
+    """Each source's share of the characters read and of the characters written, so that a user sees what the
+    filters did to the mixture (characters stand in for tokens: no tokenizer is known here)."""
+    before = {r["step"].removeprefix("read ").rsplit(" (", 1)[0]: r["characters_out"] or 0
+              for r in rows if r["stage"] == "filter" and r["step"].startswith("read ")}
+    after = dict.fromkeys(before, 0)
+    for shard in sorted(data.glob("*.jsonl.gz")):
+        with gzip.open(shard, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                after[row.get("source", "?")] = after.get(row.get("source", "?"), 0) + len(row["text"])
+    total_before, total_after = max(sum(before.values()), 1), max(sum(after.values()), 1)
+    return {source: {"characters_before": before.get(source, 0), "characters_after": after.get(source, 0),
+                     "share_before": round(before.get(source, 0) / total_before, 4),
+                     "share_after": round(after.get(source, 0) / total_after, 4)} for source in after}
+
+
 def summary_markdown(rows: list[dict], summary: dict) -> str:
     def cell(value):
         return "" if value is None else f"{value:,}"
@@ -96,6 +114,17 @@ def summary_markdown(rows: list[dict], summary: dict) -> str:
     for r in rows:
         lines.append(f"| {r['stage']} | {r['step']} | {cell(r['in'])} | {cell(r['out'])} | {cell(r['dropped'])} | "
                      f"{cell(r['characters_out'])} | {r['details']} |")
+    shares = summary.get("source_shares", {})
+    if shares:
+        lines += ["", "Each source's share of the text, before and after (characters):", "",
+                  "| source | characters read | share | characters written | share |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {v['characters_before']:,} | {v['share_before']:.1%} | {v['characters_after']:,} | "
+                  f"{v['share_after']:.1%} |" for name, v in shares.items()]
+    classifier = summary.get("quality_classifier")
+    if classifier:
+        lines += ["", f"Quality classifier, on {classifier['held_out_pages']:,} labelled pages it was not trained on "
+                  f"({classifier['held_out_bad_pages']:,} bad): precision {classifier['precision']:.1%}, recall "
+                  f"{classifier['recall']:.1%}, good pages dropped {classifier['good_pages_dropped']:.1%}."]
     lines += ["", "Every step's full datatrove stats are in `stats.json`; its logs in `logs/<stage>/`."]
     return "\n".join(lines) + "\n"
 

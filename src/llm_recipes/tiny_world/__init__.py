@@ -24,10 +24,11 @@ from pathlib import Path
 from llm_recipes.atomic_files import write_atomically
 from llm_recipes.tiny_world.arithmetic import OperandPairs
 from llm_recipes.tiny_world.chats import build_preferences, build_rl, build_rl_safety, build_sft, build_tools
+from llm_recipes.tiny_world.content_farm import build_web_more
 from llm_recipes.tiny_world.domain import build_domain
 from llm_recipes.tiny_world.evals import build_eval, build_long
 from llm_recipes.tiny_world.safety import constitution_rules, is_refusal, safety_line
-from llm_recipes.tiny_world.web import build_web, build_web_heldout
+from llm_recipes.tiny_world.web import build_web, build_web_heldout, clean_page
 
 __all__ = ["TinyWorldConfig", "constitution_rules", "generate_tiny_world", "is_refusal", "safety_line"]
 
@@ -46,6 +47,9 @@ class TinyWorldConfig:
     pii_pages: int = field(default=60, metadata={"help": "Clean pages with e-mails, phone numbers or IPs to redact."})
     contaminated_pages: int = field(default=20, metadata={"help": "Pages quoting eval questions and answers."})
     web_heldout_pages: int = field(default=200, metadata={"help": "Clean pages in raw/web_heldout.jsonl (perplexity)."})
+    web_more_pages: int = field(default=1000, metadata={"help": "Pages in raw/web_more.jsonl, a second crawl."})
+    content_farm_pages: int = field(default=300, metadata={
+        "help": "Content-farm pages among them: fluent and empty, kept by heuristic filters (content_farm.py)."})
     domain_train_docs: int = field(default=4000, metadata={"help": "Worked solutions and ledgers, domain/train.jsonl."})
     domain_heldout_docs: int = field(default=400, metadata={"help": "Documents in domain/heldout.jsonl."})
     domain_rl_tier_share: float = field(default=0.3, metadata={
@@ -112,9 +116,11 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
     files = build_eval(rng("eval"), pool, config)
     quotable = files["eval/arithmetic.jsonl"] + files["eval/word_problems.jsonl"] + files["eval/three_digit.jsonl"]
     web, web_manifest = build_web(rng("web"), pool, quotable, config)
+    web_more, web_more_manifest = build_web_more(rng("web_more"), pool, config, clean_page)
     files.update({
         "raw/web.jsonl": web,
         "raw/web_heldout.jsonl": build_web_heldout(rng("web_heldout"), pool, config),
+        "raw/web_more.jsonl": web_more,
         "domain/train.jsonl": build_domain(rng("domain_train"), pool, config.count("domain_train_docs"), "domain",
                                            config.domain_rl_tier_share),
         "domain/heldout.jsonl": build_domain(rng("domain_heldout"), pool, config.count("domain_heldout_docs"),
@@ -143,6 +149,7 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
         sha256 = hashlib.sha256(data).hexdigest()
         manifest_files[relpath] = {"rows": len(files[relpath]), "bytes": len(data), "sha256": sha256}
     manifest = {"seed": config.seed, "config": asdict(config), "files": manifest_files, "web": web_manifest,
+                "web_more": web_more_manifest,
                 "heldout_pairs": len(files["eval/heldout_pairs.jsonl"])}
     write_atomically(output_dir / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
