@@ -17,7 +17,7 @@ SCRIPT_FOR = {"tokenizer": "train_tokenizer", "data": "make_tiny_data", "cpt": "
               "sft_qlora": "sft", "dpo_qlora": "dpo", "grpo_safety": "grpo", "eval_math": "evaluate",
               "student_pretrain": "pretrain", "student_sft": "sft", "sft_constitutional": "sft",
               "distill_on_policy": "distill", "distill_off_policy": "distill",
-              "constitutional_revisions": "generate_preferences"}
+              "constitutional_revisions": "generate_preferences", "pretrain_moe": "pretrain"}
 # Pipelines, and the overrides files that shorten one (CI's is tested below), are not recipes.
 NOT_RECIPES = ("pipeline.yaml", "ci_short.yaml")
 RECIPES = sorted(p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.name not in NOT_RECIPES)
