@@ -32,7 +32,7 @@ LAB_TASKS = ("tiny_arithmetic", "tiny_word_problems", "tiny_three_digit", "tiny_
 LAB_PROMPTS = ("tiny_arithmetic", "tiny_three_digit", "tiny_two_step")  # the first question of each, side by side
 # Stages beside the lab: the distilled students against the one trained by SFT alone (the teacher first), and the
 # constitutional SFT model against its SFT parent on safety (and on arithmetic, which it must not lose).
-DISTILLATION = ("grpo", "student_sft", "distill_off_policy", "distill_on_policy")
+DISTILLATION = ("sft", "student_sft", "distill_off_policy", "distill_on_policy")
 CONSTITUTIONAL = ("sft", "sft_constitutional")
 COMPARED_TASKS = {"tiny_sft_tier": ("exact_match,strict", "SFT tier accuracy"),
                   "tiny_rl_tier": ("exact_match,strict", "RL tier accuracy"),
@@ -352,8 +352,8 @@ def write_report(pipeline: Pipeline, output_dir: Path, seeds_summary: Path | Non
         parts += ["## The lab: base, fine-tuned and RL-trained models on held-out math\n", lab]
     distilled = comparison_table(checkpoints, DISTILLATION, ("tiny_sft_tier", "tiny_rl_tier"))
     if distilled:
-        parts += ["## Distillation: a student of half the layers, trained by SFT alone, off-policy and on-policy "
-                  "from the teacher (grpo), at equal steps\n", distilled]
+        parts += ["## Distillation: a student of half the layers, trained by SFT alone, off-policy, and by SFT then "
+                  "on-policy from the teacher (sft), at equal steps\n", distilled]
     constitutional = comparison_table(checkpoints, CONSTITUTIONAL, ("tiny_safety_refusal", "tiny_jailbreak_refusal",
                                                                     "tiny_safety_overrefusal", "tiny_sft_tier"))
     if constitutional:

@@ -117,9 +117,21 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
         summary = summary_of(stage)
         assert {"eval_pass@1_before", "eval_pass@8_before", "eval_pass@1", "eval_kl"} <= set(summary), summary
 
+    # Distillation: the off-policy student learns the teacher's answers to held-out prompts (its loss on them falls),
+    # and both students and their baseline were scored on the math tiers (the effect needs the full chain's steps).
+    off_policy = summary_of("distill_off_policy")
+    assert off_policy["eval_loss"] < off_policy["eval_loss_before"], off_policy
+    assert (tmp_path / "runs/tiny/distill_off_policy/teacher_generations.jsonl").is_file()
+    assert {"eval_greedy_accuracy", "eval_greedy_accuracy_before"} <= set(summary_of("distill_on_policy"))
+    # Constitutional SFT: the SFT model's replies that broke a principle were revised, and fine-tuned on.
+    assert summary_of("constitutional_revisions")["revised"] > 0
+    assert summary_of("sft_constitutional")["stage"] == "sft"
+
     # The report card: the lab table, every checkpoint side by side, the curves.
     report = (tmp_path / "runs/tiny/report/report.md").read_text()
     assert "| | base | sft | dpo | ppo | grpo |" in report
+    assert "| | sft | student_sft | distill_off_policy | distill_on_policy |" in report
+    assert "| | sft | sft_constitutional |" in report
     header = "| task | metric | " + " | ".join(s["name"].removeprefix("eval_") for s in evals) + " |"
     assert header in report
     assert (tmp_path / "runs/tiny/report/loss_curves.png").is_file()
