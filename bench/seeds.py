@@ -30,7 +30,8 @@ from llm_recipes.pipeline import Pipeline  # noqa: E402
 from llm_recipes.stage import COMPLETE_MARKER  # noqa: E402
 
 # Stages whose outcome depends on a training seed (sampling included); evaluations decode greedily.
-SEEDED_SCRIPTS = {"pretrain.py", "sft.py", "reward.py", "dpo.py", "ppo.py", "grpo.py", "generate_preferences.py"}
+SEEDED_SCRIPTS = {"pretrain.py", "sft.py", "reward.py", "dpo.py", "ppo.py", "grpo.py", "generate_preferences.py",
+                  "distill.py"}
 # lm-eval metrics reported per task (the report card's headline ones).
 EVAL_METRICS = ("exact_match,strict", "exact_match,first_number", "exact_match,none", "acc,none",
                 "word_perplexity,none", "refusal_rate,none", "over_refusal_rate,none", "correct_call,none")

@@ -28,7 +28,7 @@ from llm_recipes.tiny_world.content_farm import build_web_more
 from llm_recipes.tiny_world.domain import build_domain
 from llm_recipes.tiny_world.evals import build_eval, build_long
 from llm_recipes.tiny_world.safety import constitution_rules, is_refusal, safety_line
-from llm_recipes.tiny_world.web import build_web, build_web_heldout, clean_page
+from llm_recipes.tiny_world.web import build_web, build_web_heldout
 
 __all__ = ["TinyWorldConfig", "constitution_rules", "generate_tiny_world", "is_refusal", "safety_line"]
 
@@ -47,7 +47,8 @@ class TinyWorldConfig:
     pii_pages: int = field(default=60, metadata={"help": "Clean pages with e-mails, phone numbers or IPs to redact."})
     contaminated_pages: int = field(default=20, metadata={"help": "Pages quoting eval questions and answers."})
     web_heldout_pages: int = field(default=200, metadata={"help": "Clean pages in raw/web_heldout.jsonl (perplexity)."})
-    web_more_pages: int = field(default=1000, metadata={"help": "Pages in raw/web_more.jsonl, a second crawl."})
+    web_more_pages: int = field(default=1000, metadata={
+        "help": "Pages in raw/web_more.jsonl, a second crawl: first-crawl pages again, and content farms."})
     content_farm_pages: int = field(default=300, metadata={
         "help": "Content-farm pages among them: fluent and empty, kept by heuristic filters (content_farm.py)."})
     domain_train_docs: int = field(default=4000, metadata={"help": "Worked solutions and ledgers, domain/train.jsonl."})
@@ -116,7 +117,7 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
     files = build_eval(rng("eval"), pool, config)
     quotable = files["eval/arithmetic.jsonl"] + files["eval/word_problems.jsonl"] + files["eval/three_digit.jsonl"]
     web, web_manifest = build_web(rng("web"), pool, quotable, config)
-    web_more, web_more_manifest = build_web_more(rng("web_more"), pool, config, clean_page)
+    web_more, web_more_manifest = build_web_more(rng("web_more"), web, web_manifest["clean"], config)
     files.update({
         "raw/web.jsonl": web,
         "raw/web_heldout.jsonl": build_web_heldout(rng("web_heldout"), pool, config),

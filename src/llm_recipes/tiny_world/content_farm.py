@@ -1,8 +1,9 @@
-"""A second crawl of the tiny world (raw/web_more.jsonl): clean pages, and content-farm pages that heuristic
-filters keep. A content-farm page is fluent, on-topic-looking and empty: search-engine bait about the towns, listicles
-that promise and never tell, filler that says how important a topic is. Every sentence is well formed, punctuated
-and unrepeated, so Gopher, C4 and FineWeb's rules pass it; only a judge of what the page says can tell (FineWeb-Edu's
-case for a quality classifier). The manifest lists which pages are which; `page_quality` is the tiny world's judge.
+"""A second crawl of the tiny world (raw/web_more.jsonl): pages of the first crawl again, and content-farm pages
+that heuristic filters keep. A content-farm page is fluent, on-topic-looking and empty: search-engine bait about the
+towns, listicles that promise and never tell, filler that says how important a topic is. Every sentence is well
+formed, punctuated and unrepeated, so Gopher, C4 and FineWeb's rules pass it; only a judge of what the page says can
+tell (FineWeb-Edu's case for a quality classifier). The manifest lists which pages are which; `page_quality` is the
+tiny world's judge.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import random
 from pathlib import Path
 
-from llm_recipes.tiny_world.arithmetic import OperandPairs
 from llm_recipes.tiny_world.vocabulary import LICENSES, VOCAB, fill
 
 FARM_KINDS = ("search_bait", "listicle", "filler")
@@ -93,10 +93,15 @@ def farm_page(rng: random.Random, kind: str) -> str:
     return "\n\n".join([title[0].upper() + title[1:], *paragraphs])
 
 
-def build_web_more(rng: random.Random, pool: OperandPairs, config, clean_page) -> tuple[list[dict], dict]:
-    """raw/web_more.jsonl rows (clean pages and content farms, shuffled) and the manifest's section on them."""
+def build_web_more(rng: random.Random, web: list[dict], clean_ids: list[str], config) -> tuple[list[dict], dict]:
+    """raw/web_more.jsonl rows and the manifest's section on them: a later snapshot of the same sites, as crawls
+    overlap, so its clean pages are pages of the first crawl again (deduplication keeps the first crawl's copy) and
+    what it adds is content farms. The prepared data are then the first crawl's alone, as before this crawl existed,
+    when the classifier does its job."""
     farms = config.count("content_farm_pages")
-    pages = [("clean", clean_page(rng, pool)[1]) for _ in range(config.count("web_more_pages") - farms)]
+    texts = {row["id"]: row["text"] for row in web}
+    recrawled = rng.sample(clean_ids, min(config.count("web_more_pages") - farms, len(clean_ids)))
+    pages = [("clean", texts[page_id]) for page_id in recrawled]
     pages += [("content_farm", farm_page(rng, FARM_KINDS[i % len(FARM_KINDS)])) for i in range(farms)]
     rng.shuffle(pages)
     rows, manifest = [], {"pages": len(pages), "content_farm": [], "clean": []}
