@@ -29,16 +29,22 @@ KERNELS = ("eager", "batched_mm", "grouped_mm")
 def dense_twin(moe: dict) -> dict:
     """The dense Qwen3 that meets the same feed-forward parameters per token as the MoE."""
     dense = {k: v for k, v in moe.items() if k not in MOE_ONLY}
-    dense.update(model_type="qwen3", intermediate_size=moe["num_experts_per_tok"] * moe["moe_intermediate_size"])
+    # Qwen3's config defaults head_dim to 128; Qwen3-MoE's attention takes hidden_size / heads when it is unset.
+    dense.update(model_type="qwen3", intermediate_size=moe["num_experts_per_tok"] * moe["moe_intermediate_size"],
+                 head_dim=moe.get("head_dim", moe["hidden_size"] // moe["num_attention_heads"]))
     return dense
 
 
-def pretrain(recipe: dict, folder: Path, *argv: str) -> dict:
+def pretrain(recipe: dict, folder: Path, *argv: str, timeout: float | None = None) -> dict | None:
+    """The stage summary of a pretraining run, or None if it ran past `timeout` seconds (and was stopped)."""
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    subprocess.run([sys.executable, str(REPO / "scripts/pretrain.py"), "--config", str(path), "--output_dir",
-                    str(folder / "out"), "--save_strategy", "no", "--disable_tqdm", "true", *argv], check=True,
-                   cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run([sys.executable, str(REPO / "scripts/pretrain.py"), "--config", str(path), "--output_dir",
+                        str(folder / "out"), "--save_strategy", "no", "--disable_tqdm", "true", *argv], check=True,
+                       cwd=REPO, stdout=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
     return json.loads((folder / "out/stage_complete.json").read_text())
 
 
@@ -55,6 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps of each model (default: recipe's)")
     parser.add_argument("--kernel_steps", type=int, default=40, help="steps of each expert-kernel speed run")
+    parser.add_argument("--kernel_timeout", type=float, default=240, help="seconds a kernel's run may take")
     args = parser.parse_args()
     moe = yaml.safe_load(MOE_RECIPE.read_text())
     steps = ["--max_steps", str(args.steps)] if args.steps else []
@@ -72,8 +79,8 @@ def main():
             folder.mkdir()
             config = {**moe["model_config"], "experts_implementation": kernel}
             summary = pretrain({**moe, "model_config": config}, folder, "--max_steps", str(args.kernel_steps),
-                               "--eval_strategy", "no", "--eval_on_start", "false")
-            kernels.append((kernel, summary["train_tokens_per_second"]))
+                               "--eval_strategy", "no", "--eval_on_start", "false", timeout=args.kernel_timeout)
+            kernels.append((kernel, summary["train_tokens_per_second"] if summary else None))
 
     dense_speed = rows[0][1]["train_tokens_per_second"]
     print("| model | parameters | per token | held-out loss (before → after) | tokens/s | vs dense | expert share "
@@ -91,10 +98,11 @@ def main():
         print("\nExpert shares per layer (MoE):")
         for i, layer in enumerate(moe_summary["expert_shares"]):
             print(f"- layer {i}: " + ", ".join(f"{s:.3f}" for s in layer))
-    fastest = max(speed for _, speed in kernels)
+    fastest = max(speed for _, speed in kernels if speed)
     print("\n| experts_implementation | tokens/s | vs fastest |\n|---|---:|---:|")
     for kernel, speed in kernels:
-        print(f"| {kernel} | {speed:,.0f} | {speed / fastest:.2f} |")
+        print(f"| {kernel} | {speed:,.0f} | {speed / fastest:.2f} |" if speed else
+              f"| {kernel} | did not finish {args.kernel_steps} steps in {args.kernel_timeout:.0f} s | – |")
 
 
 if __name__ == "__main__":

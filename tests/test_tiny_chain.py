@@ -75,6 +75,13 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     assert cpt["eval_domain_loss"] < 0.65 * cpt["eval_domain_loss_before"], cpt
     assert cpt["eval_general_loss"] < 1.1 * cpt["eval_general_loss_before"], cpt
 
+    # The mixture of experts, pretrained by the same script: its held-out loss falls, its router's balancing loss is
+    # logged, and each of its 4 layers reports 8 experts' shares of the routed tokens.
+    moe = summary_of("pretrain_moe")
+    assert moe["eval_loss"] < 0.6 * moe["eval_loss_before"], moe
+    assert moe["final_moe_aux_loss"] > 0 and len(moe["expert_shares"]) == 4
+    assert all(len(layer) == 8 and abs(sum(layer) - 1) < 1e-3 for layer in moe["expert_shares"])
+
     # Every checkpoint was evaluated by lm-eval.
     pipeline = yaml.safe_load((REPO_ROOT / "recipes/tiny/pipeline.yaml").read_text())
     evals = [s for s in pipeline["stages"] if s["script"].endswith("evaluate.py")]
