@@ -104,6 +104,9 @@ def stage_measurements(pipeline: Pipeline) -> str:
         for key, value in summary.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "stage":
                 lines.append(f"| {s.name} | {key} | {value:,.4g} |")
+        # A mixture of experts' share of routed tokens per expert, one row per layer (llm_recipes/moe.py).
+        for layer, shares in enumerate(summary.get("expert_shares", [])):
+            lines.append(f"| {s.name} | expert shares, layer {layer} | {' '.join(f'{x:.3f}' for x in shares)} |")
     return "\n".join(lines)
 
 

@@ -139,6 +139,7 @@ def test_tiny_chain_survives_a_kill_and_finishes_with_a_report_card(tmp_path):
     assert "| | base | sft | dpo | ppo | grpo |" in report
     assert "| | sft | student_sft | distill_off_policy | distill_on_policy |" in report
     assert "| | sft | sft_constitutional |" in report
+    assert "| pretrain_moe | expert shares, layer 3 |" in report
     header = "| task | metric | " + " | ".join(s["name"].removeprefix("eval_") for s in evals) + " |"
     assert header in report
     assert (tmp_path / "runs/tiny/report/loss_curves.png").is_file()
