@@ -33,7 +33,7 @@ from llm_recipes.atomic_files import write_jsonl_atomic
 from llm_recipes.data import DatasetMixture, build_mixture, check_declared_columns
 from llm_recipes.model import load_tokenizer
 from llm_recipes.recipe import RecipeError, RecipeParser, repo_path
-from llm_recipes.rewards import check_reward_names, imported_reward, reward_funcs_from_recipe
+from llm_recipes.rewards import check_reward_names, imported_function, reward_funcs_from_recipe
 
 JUDGES = ("reward_funcs", "reward_model", "constitution")
 OUTPUT_FORMATS = ("pairs", "revisions")
@@ -109,7 +109,7 @@ def read_principles(path: str) -> list[str]:
 
 def rules_critic(name: str, principles: list[str]):
     """The critic a `constitution_rules` entry names, built on the principles; what it misses is said now."""
-    factory = imported_reward(name, key="constitution_rules")
+    factory = imported_function(name, key="constitution_rules")
     try:
         return factory(principles)
     except ValueError as e:

@@ -194,8 +194,9 @@ def is_reward_model(name: str) -> bool:
     return Path(name).is_dir() or ("/" in name and name not in REWARD_FUNCS and ":" not in name)
 
 
-def imported_reward(name: str, key: str = "reward_funcs") -> Callable:
-    """The function a `module.path:function` entry of `key` names, or a RecipeError saying what is missing."""
+def imported_function(name: str, key: str = "reward_funcs") -> Callable:
+    """The function a `module.path:function` entry of `key` names (a reward, a constitution's rules, a quality
+    judge), or a RecipeError saying what is missing."""
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -216,7 +217,7 @@ def check_reward_names(names: list[str], weights: list[float] | None = None, whe
                           "model, or every reply scores only its penalties.")
     for name in names:
         if ":" in name:
-            imported_reward(name)
+            imported_function(name)
         elif name not in REWARD_FUNCS and not is_reward_model(name):
             suggestion = closest_key(name, REWARD_FUNCS)
             did_you_mean = f" Did you mean '{suggestion}'?" if suggestion else ""
@@ -239,7 +240,7 @@ def reward_funcs_from_recipe(
             entry = REWARD_FUNCS[name]
             funcs.append(entry.with_max_length(max_completion_length) if isinstance(entry, Reward) else entry)
         elif ":" in name:
-            funcs.append(imported_reward(name))
+            funcs.append(imported_function(name))
         else:
             funcs.append(name)
     return funcs, list(weights) if weights is not None else [1.0] * len(names)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llm_recipes.atomic_files import write_json_atomic
 from llm_recipes.recipe import RecipeError
-from llm_recipes.rewards import imported_reward
+from llm_recipes.rewards import imported_function
 
 logger = logging.getLogger("llm_recipes")
 
@@ -47,7 +47,7 @@ def train_quality_classifier(settings, sources, folder: Path, seed: int) -> dict
 
     if (folder / MODEL_FILE).is_file() and (folder / METRICS_FILE).is_file():
         return json.loads((folder / METRICS_FILE).read_text())
-    judge = imported_reward(settings.judge, key="quality_classifier.judge")
+    judge = imported_function(settings.judge, key="quality_classifier.judge")
     documents = read_documents(sources, settings.read_per_source)
     random.Random(seed).shuffle(documents)
     documents = documents[:settings.annotate]

@@ -12,7 +12,8 @@ import json
 import random
 from pathlib import Path
 
-from llm_recipes.tiny_world.vocabulary import LICENSES, VOCAB, fill
+from llm_recipes.tiny_world.vocabulary import fill
+from llm_recipes.tiny_world.web import crawl_row
 
 FARM_KINDS = ("search_bait", "listicle", "filler")
 TOPICS = ["{shop} in {town}", "weekends in {town}", "the {place} of {town}", "{item} from the {shop}",
@@ -107,9 +108,7 @@ def build_web_more(rng: random.Random, web: list[dict], clean_ids: list[str], co
     rows, manifest = [], {"pages": len(pages), "content_farm": [], "clean": []}
     for i, (label, text) in enumerate(pages):
         page_id = f"more-{i:06d}"
-        host = rng.choice(VOCAB["town"]).lower().replace(" ", "-")
-        rows.append({"id": page_id, "url": f"https://{host}.example/more/{i:06d}", "text": text, "source": "more",
-                     "license": rng.choices(LICENSES, weights=[5, 2, 1, 2])[0]})
+        rows.append(crawl_row(rng, page_id, f"more/{i:06d}", text, "more"))
         manifest[label].append(page_id)
     return rows, manifest
 

@@ -230,6 +230,13 @@ def build_web(rng: random.Random, pool: OperandPairs, quotable: list[dict], conf
     return shuffled_rows_and_manifest(rng, pages)
 
 
+def crawl_row(rng: random.Random, page_id: str, url_path: str, text: str, source: str) -> dict:
+    """A crawled page as a raw row: its id, a URL on one of the towns' hosts, its text, source and license."""
+    host = rng.choice(VOCAB["town"]).lower().replace(" ", "-")
+    return {"id": page_id, "url": f"https://{host}.example/{url_path}", "text": text, "source": source,
+            "license": rng.choices(LICENSES, weights=[5, 2, 1, 2])[0]}
+
+
 def shuffled_rows_and_manifest(rng: random.Random, pages: list[dict]) -> tuple[list[dict], dict]:
     """The pages in a shuffled order as raw/web.jsonl rows, and the manifest naming each planted defect's page."""
     order = list(range(len(pages)))
@@ -240,9 +247,7 @@ def shuffled_rows_and_manifest(rng: random.Random, pages: list[dict]) -> tuple[l
     rows = []
     for index in order:
         page, page_id = pages[index], ids[index]
-        host = rng.choice(VOCAB["town"]).lower().replace(" ", "-")
-        rows.append({"id": page_id, "url": f"https://{host}.example/pages/{page_id[4:]}", "text": page["text"],
-                     "source": "crawl", "license": rng.choices(LICENSES, weights=[5, 2, 1, 2])[0]})
+        rows.append(crawl_row(rng, page_id, f"pages/{page_id[4:]}", page["text"], "crawl"))
         defect = page["defect"]
         if defect == "clean":
             manifest["clean"].append(page_id)
