@@ -20,6 +20,7 @@ from llm_recipes import stage
 from llm_recipes.model import load_causal_lm
 from llm_recipes.pass_at_k import PassAtKArguments, add_pass_at_k_callback
 from llm_recipes.rewards import check_reward_columns, check_reward_names, reward_funcs_from_recipe, reward_help
+from llm_recipes.rollout_timing import time_grpo_generation
 
 
 @dataclass
@@ -68,8 +69,10 @@ def main(argv=None):
     add_pass_at_k_callback(trainer, run.of(PassAtKArguments), trainer.eval_dataset, training_args.temperature,
                            training_args.max_completion_length, training_args.seed)
     stage.logger.info("Rewards: %s", rewards)
+    rollouts = time_grpo_generation(trainer)
     stage.train(trainer, run, keep=is_watched, summary=lambda result, evaluated: {
         "seconds_per_step": result.metrics["train_runtime"] / max(result.global_step, 1),
+        **rollouts.summary(result.metrics.get("train_runtime")),
         "final_train_reward": stage.last_logged(trainer, "reward"),
         "final_kl": stage.last_logged(trainer, "kl")})
 

@@ -69,7 +69,9 @@ def main(argv=None):
     add_pass_at_k_callback(trainer, run.of(PassAtKArguments), held_out, training_args.temperature,
                            training_args.max_completion_length, training_args.seed, policy_of=lambda m: m.policy)
     # Before training (eval_on_start): the SFT parent.
-    stage.train(trainer, run, summary=lambda result, evaluated: training_summary(trainer, training_args))
+    stage.train(trainer, run, summary=lambda result, evaluated: {
+        **training_summary(trainer, training_args),
+        **trainer.rollout_clock.summary(result.metrics.get("train_runtime"))})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ output against the world's manifest of planted defects.
 
 import gzip
 import json
+import re
 
 import datasets
 import pyarrow as pa
@@ -148,13 +149,52 @@ def test_the_quality_classifier_removes_content_farms_that_heuristic_filters_kee
     assert all(0.5 <= row["__label__clean"] <= 1 for row in kept.values())
 
 
-def test_the_summary_gives_each_sources_share_before_and_after(prepared):
-    shares = json.loads((prepared / "stage_complete.json").read_text())["source_shares"]
-    assert set(shares) == {"crawl", "more"}
-    for name in shares:
-        assert shares[name]["characters_after"] < shares[name]["characters_before"]
-    assert abs(sum(v["share_before"] for v in shares.values()) - 1) < 1e-3
-    assert "Each source's share of the text" in (prepared / "summary.md").read_text()
+def raw_rows(world, name: str) -> list[dict]:
+    return [json.loads(line) for line in (world / "raw" / name).read_text().splitlines()]
+
+
+def test_the_summary_gives_each_sources_and_domains_token_share_before_and_after(tiny_world, prepared, kept):
+    """The shares count words and punctuation marks (no tokenizer exists before train_tokenizer); recounted here
+    from the raw files and the written dataset, they match, and they show the content farms' crawl vanish."""
+    shares = json.loads((prepared / "stage_complete.json").read_text())["mixture_shares"]
+    assert shares["tokens"] == "words and punctuation marks"
+    words = re.compile(r"\w+|[^\w\s]")
+    read = {"crawl": raw_rows(tiny_world, "web.jsonl"), "more": raw_rows(tiny_world, "web_more.jsonl")}
+    for name, rows in read.items():
+        assert shares["source"][name]["documents_before"] == len(rows)
+        assert shares["source"][name]["tokens_before"] == sum(len(words.findall(r["text"])) for r in rows)
+        written = [r for r in kept.values() if r["source"] == name]
+        assert shares["source"][name]["documents_after"] == len(written)
+        # As written: after PII redaction, so "<EMAIL>" counts as a placeholder's marks and word.
+        assert shares["source"][name]["tokens_after"] == sum(len(words.findall(r["text"])) for r in written)
+    # Every page of the second crawl is either a re-crawled duplicate or a content farm: none is left.
+    assert shares["source"]["more"]["share_before"] > 0.15 and shares["source"]["more"]["share_after"] == 0
+    assert abs(sum(v["share_before"] for v in shares["source"].values()) - 1) < 1e-3
+    # Domains: the hosts of the pages' URLs (`domain_key: url`), each town's site.
+    hosts = {r["url"].split("/")[2] for rows in read.values() for r in rows}
+    assert set(shares["domain"]) == hosts and len(hosts) > 1
+    assert abs(sum(v["share_after"] for v in shares["domain"].values()) - 1) < 1e-3
+    summary = (prepared / "summary.md").read_text()
+    assert "Each source's share of the tokens" in summary and "Each domain's share of the tokens" in summary
+
+
+def test_the_mixture_counter_counts_a_named_tokenizers_tokens(tmp_path):
+    from datatrove.data import Document
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from llm_recipes.curation.steps import MixtureCounter
+
+    tokenizer = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    docs = [Document("a b a", "1", metadata={"source": "x", "url": "https://one.example/p"}),
+            Document("b, c", "2", metadata={"source": "y", "url": "https://two.example/q"})]
+    counter = MixtureCounter(str(tmp_path / "tokenizer.json"), domain_key="url")
+    assert [d.id for d in counter.run(iter(docs))] == ["1", "2"]
+    counted = counter.stats.to_dict()["stats"]
+    stats = {key: value["total"] if isinstance(value, dict) else value for key, value in counted.items()}
+    assert stats["source=x/tokens"] == 3 and stats["source=y/tokens"] == 3  # "b" "," "c"
+    assert stats["domain=one.example/characters"] == 5 and stats["domain=two.example/documents"] == 1
 
 
 def test_output_loads_with_datasets_and_as_a_recipe_dataset(prepared, kept):

@@ -318,6 +318,18 @@ def trainable_parameters(trainer) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
 
+def peak_memory() -> dict:
+    """The process's peak memory so far: resident (RSS) always, and the accelerator's allocated peak on CUDA."""
+    import resource
+
+    import torch
+
+    peak = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # KiB on Linux
+    if torch.cuda.is_available():
+        peak["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return peak
+
+
 def train(trainer, run: Run, summary=lambda result, evaluated: {}, keep=lambda key: True) -> None:
     """The second half of every training stage: lm-eval during training when asked, resume from the newest
     complete checkpoint, train, evaluate on the held-out sets (each metric beside its value before training), then
@@ -343,6 +355,7 @@ def train(trainer, run: Run, summary=lambda result, evaluated: {}, keep=lambda k
         "wall_seconds": time.time() - started,
         "parameters": parameters,
         "trainable_parameters": trained,
+        **peak_memory(),
         "mixture": run.report.rows,
     }
     report = {key: value for key, value in base.items() if value is not None}  # what this stage does not log

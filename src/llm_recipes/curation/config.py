@@ -89,6 +89,18 @@ class PrepareDataArguments:
                   "drop those under min_score: {judge: module:function, judge_kwargs, annotate, heldout_fraction, "
                   "keep_label, min_score, epoch, lr, word_ngrams, dim}. See llm_recipes/curation/classifier.py."},
     )
+    share_tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "The tokenizer whose tokens the summary's shares of each source and domain count, before "
+                  "and after filtering: a local tokenizer.json (or a folder holding one) or a Hub id. Unset: words "
+                  "and punctuation marks, since the tiny chain trains its tokenizer on this stage's output."},
+    )
+    domain_key: str | None = field(
+        default=None,
+        metadata={"help": "A metadata column naming each document's domain, for per-domain shares in the summary "
+                  "(a URL's host stands for it: `domain_key: url`). Every distinct value is a stat, so name a "
+                  "column of few values. Unset: per-source shares only."},
+    )
     skip_bad_records: bool = field(
         default=False,
         metadata={"help": "A line of a jsonl source that is not UTF-8, not JSON, or lacks its text is an error naming "

@@ -53,10 +53,11 @@ from llm_recipes.curation.config import (
     quality_filters,
     slurm_settings,
 )
-from llm_recipes.curation.report import merged_stats, run_summary, source_shares, step_rows, summary_markdown
+from llm_recipes.curation.report import merged_stats, mixture_shares, run_summary, step_rows, summary_markdown
 from llm_recipes.curation.steps import (
     CountingPIIFormatter,
     DecontaminationFilter,
+    MixtureCounter,
     PhoneNumberFormatter,
     SourceSampler,
     document_text,
@@ -104,6 +105,9 @@ class Plan:
             return None
         return JsonlWriter(str(self.work / DROPPED / label), output_filename="${rank}.jsonl.gz")
 
+    def _mixture_counter(self) -> MixtureCounter:
+        return MixtureCounter(self.args.share_tokenizer, self.args.domain_key)
+
     def _reader(self, folder: str) -> JsonlReader:
         reader = JsonlReader(str(self.work / folder), glob_pattern="*.jsonl.gz", recursive=False)
         reader.add_file_path = False
@@ -131,6 +135,8 @@ class Plan:
             if rate < 1.0:
                 steps.append(SourceSampler(source.source, rate, seed=args.seed + i))
                 labels.append(f"sample {source.source} (rate {rate:.3f})")
+        steps.append(self._mixture_counter())
+        labels.append("mixture read")
         for name, kwargs in quality_filters(args.filters).items():
             steps.append(QUALITY_FILTERS[name](**kwargs, exclusion_writer=self._dropped_writer(name)))
             labels.append(name)
@@ -203,6 +209,8 @@ class Plan:
             if pii.remove_phones:
                 steps.append(PhoneNumberFormatter(pii.phone_replacement, pii.phone_region))
                 labels.append("pii (phone numbers)")
+        steps.append(self._mixture_counter())
+        labels.append("mixture written")
         # Metadata (source, url, license, ...) as top-level columns, as Hub datasets have them.
         steps.append(JsonlWriter(str(self.work / "output"), output_filename="${rank}.jsonl.gz", expand_metadata=True))
         labels.append("write dataset")
@@ -338,7 +346,7 @@ def write_report(plan: Plan, seconds: float | None = None) -> dict:
             shutil.rmtree(output_dir / name, ignore_errors=True)
             source.rename(output_dir / name)
     (output_dir / DATA).mkdir(exist_ok=True)  # every document may have been dropped
-    summary["source_shares"] = source_shares(rows, output_dir / DATA)
+    summary["mixture_shares"] = mixture_shares(plan.jobs, stats, plan.args.share_tokenizer)
     if (output_dir / CLASSIFIER / METRICS_FILE).is_file():
         summary["quality_classifier"] = json.loads((output_dir / CLASSIFIER / METRICS_FILE).read_text())
     write_json_atomic(output_dir / "stats.json", stats)

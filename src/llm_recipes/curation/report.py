@@ -3,7 +3,6 @@ out of every step with the reasons for what was dropped (`summary.md`), and the 
 `plan.write_report` writes them. The report calls each datatrove job a stage, as its logs folder (`logs/<stage>/`) does.
 """
 
-import gzip
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,21 +77,32 @@ def run_summary(rows: list[dict], seconds: float, data: Path, skipped: int = 0) 
     }
 
 
-def source_shares(rows: list[dict], data: Path) -> dict[str, dict]:
-    """Each source's share of the characters read and of the characters written, so that a user sees what the
-    filters did to the mixture (characters stand in for tokens: no tokenizer is known here)."""
-    before = {r["step"].removeprefix("read ").rsplit(" (", 1)[0]: r["characters_out"] or 0
-              for r in rows if r["stage"] == "filter" and r["step"].startswith("read ")}
-    after = dict.fromkeys(before, 0)
-    for shard in sorted(data.glob("*.jsonl.gz")):
-        with gzip.open(shard, "rt", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                after[row.get("source", "?")] = after.get(row.get("source", "?"), 0) + len(row["text"])
-    total_before, total_after = max(sum(before.values()), 1), max(sum(after.values()), 1)
-    return {source: {"characters_before": before.get(source, 0), "characters_after": after.get(source, 0),
-                     "share_before": round(before.get(source, 0) / total_before, 4),
-                     "share_after": round(after.get(source, 0) / total_after, 4)} for source in after}
+def mixture_shares(jobs: list["DatatroveJob"], stats: dict[str, list[dict]], tokenizer: str | None) -> dict:
+    """Each source's and each domain's documents, characters and tokens before the filters and as written, and its
+    share of the tokens at both points, from the two `MixtureCounter` steps' stats: what the filters did to the
+    mixture."""
+    counted = {}
+    for job in jobs:
+        for label, step_stats in zip(job.labels, stats[job.name]):
+            if label in ("mixture read", "mixture written"):
+                counted[label] = step_stats.get("stats", {})
+    shares = {"tokens": tokenizer or "words and punctuation marks"}
+    for group in ("source", "domain"):
+        table = {}
+        for when, label in (("before", "mixture read"), ("after", "mixture written")):
+            for key in counted.get(label, {}):
+                name, _, unit = key.removeprefix(f"{group}=").rpartition("/")
+                if key.startswith(f"{group}="):
+                    table.setdefault(name, {})[f"{unit}_{when}"] = _total({"stats": counted[label]}, key)
+        if not table:
+            continue
+        for when in ("before", "after"):
+            total = max(sum(row.get(f"tokens_{when}", 0) for row in table.values()), 1)
+            for row in table.values():
+                row.setdefault(f"documents_{when}", 0), row.setdefault(f"characters_{when}", 0)
+                row[f"share_{when}"] = round(row.setdefault(f"tokens_{when}", 0) / total, 4)
+        shares[group] = dict(sorted(table.items(), key=lambda kv: -kv[1]["tokens_before"]))
+    return shares
 
 
 def summary_markdown(rows: list[dict], summary: dict) -> str:
@@ -114,12 +124,15 @@ def summary_markdown(rows: list[dict], summary: dict) -> str:
     for r in rows:
         lines.append(f"| {r['stage']} | {r['step']} | {cell(r['in'])} | {cell(r['out'])} | {cell(r['dropped'])} | "
                      f"{cell(r['characters_out'])} | {r['details']} |")
-    shares = summary.get("source_shares", {})
-    if shares:
-        lines += ["", "Each source's share of the text, before and after (characters):", "",
-                  "| source | characters read | share | characters written | share |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {v['characters_before']:,} | {v['share_before']:.1%} | {v['characters_after']:,} | "
-                  f"{v['share_after']:.1%} |" for name, v in shares.items()]
+    shares = summary.get("mixture_shares", {})
+    for group in ("source", "domain"):
+        if group in shares:
+            lines += ["", f"Each {group}'s share of the tokens ({shares['tokens']}), before the filters and as "
+                      "written:", "", f"| {group} | documents read | tokens read | share | documents written "
+                      "| tokens written | share |", "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {name} | {v['documents_before']:,} | {v['tokens_before']:,} | {v['share_before']:.1%} | "
+                      f"{v['documents_after']:,} | {v['tokens_after']:,} | {v['share_after']:.1%} |"
+                      for name, v in shares[group].items()]
     classifier = summary.get("quality_classifier")
     if classifier:
         lines += ["", f"Quality classifier, on {classifier['held_out_pages']:,} labelled pages it was not trained on "

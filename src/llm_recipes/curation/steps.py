@@ -6,6 +6,7 @@ so its stats land in datatrove's `stats/` like any other's.
 import re
 
 from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters import SamplerFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters import PIIFormatter
@@ -117,3 +118,55 @@ class DecontaminationFilter(BaseFilter):
 def document_text(doc: Document) -> str:
     """What exact deduplication hashes (the return annotation tells datatrove to hash a str)."""
     return doc.text
+
+
+# Words and punctuation marks: what the mixture's shares count when no tokenizer is named (the tiny chain trains
+# its tokenizer on this stage's output, so none exists yet).
+WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
+
+
+def document_domain(doc: Document, key: str) -> str:
+    """The value of the metadata column `key`, or the host of it where it is a URL."""
+    value = str(doc.metadata.get(key, "?"))
+    if "://" in value:
+        value = value.split("://", 1)[1].split("/", 1)[0]
+    return value
+
+
+class MixtureCounter(PipelineStep):
+    """Counts documents, characters and tokens per source (and per domain, the metadata column `domain_key`) as
+    datatrove stats, so that the report gives each one's share of the mixture where the step stands: once before
+    the filters and once before the dataset is written. Stats are summed over tasks, so this holds on any number."""
+
+    type = "📊 - STATS"
+    name = "📏 Mixture"
+
+    def __init__(self, tokenizer_name_or_path: str | None = None, domain_key: str | None = None,
+                 batch_size: int = 1000):
+        super().__init__()
+        self.tokenizer_name_or_path, self.domain_key, self.batch_size = tokenizer_name_or_path, domain_key, batch_size
+        self._tokenizer = None
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        if self.tokenizer_name_or_path is None:
+            return [len(WORD_OR_MARK.findall(text)) for text in texts]
+        if self._tokenizer is None:
+            from datatrove.utils.tokenization import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        return [len(encoded.ids) for encoded in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from datatrove.utils.batching import batched
+
+        for batch in batched(data, self.batch_size):
+            with self.track_time(unit="batch"):
+                for doc, tokens in zip(batch, self._token_counts([doc.text for doc in batch])):
+                    groups = [f"source={doc.metadata.get('source', '?')}"]
+                    if self.domain_key:
+                        groups.append(f"domain={document_domain(doc, self.domain_key)}")
+                    for group in groups:
+                        self.stat_update(f"{group}/documents")
+                        self.stat_update(f"{group}/characters", value=len(doc.text))
+                        self.stat_update(f"{group}/tokens", value=tokens)
+            yield from batch

@@ -30,6 +30,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad
 from llm_recipes.ppo import maths
 from llm_recipes.ppo.config import PPOConfig
 from llm_recipes.rewards import reward_funcs_from_recipe
+from llm_recipes.rollout_timing import RolloutClock
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class PPOTrainer(Trainer):
         if processing_class.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; PPO pads prompts and replies.")
         self.ref_model = ref_model
+        self.rollout_clock = RolloutClock()  # rollout seconds and tokens, for the stage summary
         for m in (model, value_model, ref_model):
             if m is not None:
                 disable_dropout_in_model(m)
@@ -384,6 +386,7 @@ class PPOTrainer(Trainer):
         timings, started = {}, time.perf_counter()
         rollout = self._rollout(examples)
         timings["time/generation"] = time.perf_counter() - started
+        self.rollout_clock.add(timings["time/generation"], int(rollout.mask.sum()))
         timer = time.perf_counter()
         scored = self._score(rollout, examples)
         timings["time/scoring"] = time.perf_counter() - timer
