@@ -148,15 +148,33 @@ def jobs(args) -> dict:
             config.update(trl_extra or {})
             (work / f"{stage}_trl.yaml").write_text(yaml.safe_dump(config))
             base_command = trl_cli(baseline.split()[1], work / f"{stage}_trl.yaml")
+        elif baseline.startswith("ours"):  # our own stage with other settings (`trl_extra`)
+            config = {**ours, **(trl_extra or {}), "output_dir": str(work / f"{stage}_base")}
+            (work / f"{stage}_base.yaml").write_text(yaml.safe_dump(config))
+            base_command = [*launch, str(REPO / "scripts" / f"{script}.py"), "--config",
+                            str(work / f"{stage}_base.yaml")]
         else:
             config = {**ours, **(trl_extra or {}), "output_dir": str(work / f"{stage}_base")}
             (work / f"{stage}_base.yaml").write_text(yaml.safe_dump(config))
-            base_command = [*launch, str(REPO / "bench" / "run_clm.py"), "--config", str(work / f"{stage}_base.yaml")]
+            runner = "bare_loop.py" if "bare" in baseline else "run_clm.py"
+            base_command = [*launch, str(REPO / "bench" / runner), "--config", str(work / f"{stage}_base.yaml")]
         defined[stage] = (our_command, base_command, baseline)
 
     if "pretrain" in args.jobs:
         pair("pretrain", "pretrain", {"path": str(RUNS / "prepared" / "data")}, args.steps["pretrain"],
              {"tokenizer_name_or_path": str(RUNS / "tokenizer")}, "run_clm-style Trainer (bench/run_clm.py)")
+    if "pretrain_bare" in args.jobs:
+        pair("pretrain_bare", "pretrain", {"path": str(RUNS / "prepared" / "data")}, args.steps["pretrain"],
+             {"tokenizer_name_or_path": str(RUNS / "tokenizer")}, "bare PyTorch loop (bench/bare_loop.py)")
+    if "sft_trl_defaults" in args.jobs:
+        # TRL's defaults for everything but what the job is: the model, the data and its chat template, the steps,
+        # the length, and what this machine needs (no bf16 on this CPU).
+        sft = our_recipe("sft", {"path": str(data / "sft" / "train.jsonl")}, args.steps["sft"], work / "unused", {})
+        fixed = {key: sft[key] for key in ("model_name_or_path", "chat_template_path", "eos_token", "max_length",
+                                           "max_steps", "use_cpu", "bf16", "seed", *QUIET) if key in sft}
+        pair("sft_trl_defaults", "sft", {"path": str(data / "sft" / "train.jsonl")}, args.steps["sft"],
+             {"model_name_or_path": str(RUNS / "long_context")}, "trl sft, TRL's defaults", baseline_recipe={
+                 **fixed, "model_name_or_path": str(RUNS / "long_context")})
     if "sft" in args.jobs:
         pair("sft", "sft", {"path": str(data / "sft" / "train.jsonl")}, args.steps["sft"],
              {"model_name_or_path": str(RUNS / "long_context")}, "trl sft")
@@ -164,6 +182,11 @@ def jobs(args) -> dict:
         pair("dpo", "dpo", {"path": str(data / "preferences" / "train.jsonl"), "columns": ["prompt", "chosen",
                                                                                          "rejected"]},
              args.steps["dpo"], {"model_name_or_path": str(RUNS / "sft")}, "trl dpo")
+    if "dpo_precomputed" in args.jobs:
+        pair("dpo_precomputed", "dpo", {"path": str(data / "preferences" / "train.jsonl"),
+                                        "columns": ["prompt", "chosen", "rejected"]},
+             args.steps["dpo"], {"model_name_or_path": str(RUNS / "sft"), "precompute_ref_log_probs": True},
+             "ours, reference forward at every step", trl_extra={"precompute_ref_log_probs": False})
     rl_data = {"path": str(data / "rl" / "train.jsonl"), "columns": ["prompt", "answer"]}
     grpo_reward = {"reward_funcs": ["llm_recipes.rewards.answer_accuracy"]}
     if "grpo" in args.jobs:
@@ -183,13 +206,42 @@ def jobs(args) -> dict:
     return defined
 
 
+def held_out_reply_loss(model_dir: Path, conversations: Path, limit: int = 200) -> float:
+    """Mean loss per assistant token on held-out conversations, through the chat template of our SFT recipe, so
+    that both sides of an SFT job are scored alike whatever they trained on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = yaml.safe_load((REPO / "recipes/tiny/sft.yaml").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = (REPO / recipe["chat_template_path"]).read_text()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, tokens = 0.0, 0
+    for line in conversations.read_text().splitlines()[:limit]:
+        encoded = tokenizer.apply_chat_template(json.loads(line)["messages"], chat_template=template,
+                                                return_dict=True, return_assistant_tokens_mask=True)
+        ids = torch.tensor([encoded["input_ids"]])
+        labels = torch.where(torch.tensor([encoded["assistant_masks"]]) == 1, ids, -100)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total, tokens = total + loss.item(), tokens + int((labels[:, 1:] != -100).sum())
+    return total / max(tokens, 1)
+
+
+def number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "–"
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "–"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", nargs="+", default=["pretrain", "sft", "dpo", "grpo", "ppo"])
+    parser.add_argument("--jobs", nargs="+", default=["pretrain", "pretrain_bare", "sft", "sft_trl_defaults", "dpo",
+                                                      "dpo_precomputed", "grpo", "ppo"])
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side; the faster is kept")
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
@@ -216,11 +268,17 @@ def main():
                 if side not in measured or run["train_seconds"] < measured[side]["train_seconds"]:
                     measured[side] = run
         measured["baseline_is"] = what
+        if stage.startswith("sft"):
+            for side in ("ours", "baseline"):
+                suffix = "ours" if side == "ours" else "trl" if what.startswith("trl") else "base"
+                folder = args.work_dir / f"{stage}_{suffix}"
+                measured[side]["held_out_loss"] = held_out_reply_loss(folder, RUNS / "data" / "sft" / "test.jsonl")
         results[stage] = measured
 
     print("\n| job | baseline | steps | ours tokens/s | baseline tokens/s | **tokens/s ratio** | ours s/step | "
-          "baseline s/step | wall s (ours / baseline) | peak RSS GiB (ours / baseline) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "baseline s/step | wall s (ours / baseline) | peak RSS GiB (ours / baseline) | final train loss "
+          "(ours / baseline) | held-out reply loss (ours / baseline) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for stage, m in results.items():
         ours, base = m["ours"], m["baseline"]
         tokens_ours = ours["tokens"] / ours["train_seconds"] if ours["tokens"] else None
@@ -230,7 +288,9 @@ def main():
               f"{tokens_ours and f'{tokens_ours:,.0f}' or '–'} | {tokens_base and f'{tokens_base:,.0f}' or '–'} | "
               f"**{ratio(tokens_ours, tokens_base)}** | {per_step[0]:.3f} | {per_step[1]:.3f} "
               f"(ratio {ratio(per_step[1], per_step[0])}) | {ours['wall_seconds']:.0f} / {base['wall_seconds']:.0f} "
-              f"| {ours['peak_rss_gib']:.2f} / {base['peak_rss_gib']:.2f} |")
+              f"| {ours['peak_rss_gib']:.2f} / {base['peak_rss_gib']:.2f} | {number(ours['final_loss'])} / "
+              f"{number(base['final_loss'])} | {number(ours.get('held_out_loss'))} / "
+              f"{number(base.get('held_out_loss'))} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

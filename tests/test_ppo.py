@@ -70,6 +70,27 @@ def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
     assert before < 0.2 and after > before + 0.4, (before, after)
 
 
+def test_the_log_probabilities_taken_from_generation_are_the_policys_own(tmp_path):
+    """rollout_logprobs: the scoring pass skips the policy, so what generation recorded must be what a forward pass
+    over prompt and reply gives, at the rollout temperature, on every reply token."""
+    torch.manual_seed(0)
+    tokenizer = toy_tokenizer()
+    config = dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=None, **TINY_LLAMA)
+    prompts = Dataset.from_dict({"prompt": [" ".join("bcdefghij"[i % 9 : i % 9 + 1 + i % 3]) for i in range(16)]})
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+                     per_device_train_batch_size=16, max_completion_length=6, temperature=0.7, max_steps=1,
+                     save_strategy="no", local_rollout_forward_batch_size=8)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=LlamaForCausalLM(LlamaConfig(**config)),
+                         ref_model=LlamaForCausalLM(LlamaConfig(**config)),
+                         value_model=LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)),
+                         reward_funcs=[lambda completions, **kwargs: [0.0] * len(completions)],
+                         train_dataset=prompts)
+    rollout = trainer._rollout([trainer.train_dataset[i] for i in range(16)])  # prompts of 1 to 3 tokens: padded
+    forward = trainer._score_forward(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask, 0.7)
+    assert rollout.mask.sum() > 16
+    torch.testing.assert_close(rollout.logprobs[rollout.mask], forward["logprobs"][rollout.mask], atol=1e-5, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(tiny_tokenizer, tmp_path_factory):
     """A random tiny Llama with the tiny world's tokenizer and its ChatML template, saved like an SFT model."""

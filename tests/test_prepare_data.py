@@ -354,3 +354,26 @@ def test_international_phone_numbers_and_private_addresses_are_redacted(tmp_path
     assert rows["us"] == "Call <PHONE> after six."
     assert rows["lan"] == "The printer is at <IP> on the shop network."
     assert rows["sums"] == texts["sums"]  # numbers that are not phone numbers stay
+
+
+def test_the_fast_spacy_tokenizer_gives_datatroves_words_and_sentences(tiny_world):
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from llm_recipes.curation.words import FastSpaCyTokenizer, fast_word_tokenizer
+
+    pages = [row["text"] for row in raw_rows(tiny_world, "web.jsonl")[:150]]
+    pages.append("Mr. Smith's e-mail is jo@x.example. He can't come (isn't it odd?)... Call +1 415-555-0199!")
+    theirs, ours = load_word_tokenizer("en"), FastSpaCyTokenizer("en", renew_every=7)  # renewed mid-way too
+    assert isinstance(fast_word_tokenizer("en"), FastSpaCyTokenizer)
+    assert fast_word_tokenizer("en") is fast_word_tokenizer("en")  # one per language: datatrove's cache is shared
+    for page in pages:
+        assert ours.word_tokenize(page) == theirs.word_tokenize(page)
+        assert ours.sent_tokenize(page) == theirs.sent_tokenize(page)
+        assert ours.span_tokenize(page) == theirs.span_tokenize(page)
+
+
+def test_the_summary_gives_each_steps_time_and_speed(prepared):
+    times = json.loads((prepared / "stage_complete.json").read_text())["step_times"]
+    gopher = next(t for t in times if t["step"] == "gopher_repetition")
+    assert gopher["seconds"] > 0 and gopher["documents"] > 0 and gopher["documents_per_second"] > 0
+    assert "Where the time went" in (prepared / "summary.md").read_text()

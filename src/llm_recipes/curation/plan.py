@@ -33,6 +33,7 @@ from datatrove.pipeline.dedup import (
 from datatrove.pipeline.filters import FastTextClassifierFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.typeshelper import Languages
 
 from llm_recipes.curation.classifier import METRICS_FILE, MODEL_FILE
 from llm_recipes.curation.config import (
@@ -53,7 +54,14 @@ from llm_recipes.curation.config import (
     quality_filters,
     slurm_settings,
 )
-from llm_recipes.curation.report import merged_stats, mixture_shares, run_summary, step_rows, summary_markdown
+from llm_recipes.curation.report import (
+    merged_stats,
+    mixture_shares,
+    run_summary,
+    step_rows,
+    step_times,
+    summary_markdown,
+)
 from llm_recipes.curation.steps import (
     CountingPIIFormatter,
     DecontaminationFilter,
@@ -62,6 +70,7 @@ from llm_recipes.curation.steps import (
     SourceSampler,
     document_text,
 )
+from llm_recipes.curation.words import fast_word_tokenizer
 from llm_recipes.recipe import RecipeError
 from llm_recipes.stage import COMPLETE_MARKER, is_complete, write_json_atomic
 
@@ -138,6 +147,8 @@ class Plan:
         steps.append(self._mixture_counter())
         labels.append("mixture read")
         for name, kwargs in quality_filters(args.filters).items():
+            # The same words as datatrove's own tokenizer for the language, faster (see words.py).
+            kwargs = {**kwargs, "language": fast_word_tokenizer(kwargs.get("language", Languages.english))}
             steps.append(QUALITY_FILTERS[name](**kwargs, exclusion_writer=self._dropped_writer(name)))
             labels.append(name)
         classifier = quality_classifier_settings(args.quality_classifier)
@@ -181,7 +192,9 @@ class Plan:
         work = self.work
         return [
             DatatroveJob("minhash_signatures", [self._reader(current),
-                                                MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash)],
+                                                MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash,
+                                                                      language=fast_word_tokenizer(
+                                                                          Languages.english))],
                          [f"read {current}", "minhash signatures"], self.args.tasks),
             DatatroveJob("minhash_buckets", [MinhashDedupBuckets(str(work / "minhash_sigs"),
                                                                  str(work / "minhash_buckets"), config=minhash)],
@@ -347,6 +360,7 @@ def write_report(plan: Plan, seconds: float | None = None) -> dict:
             source.rename(output_dir / name)
     (output_dir / DATA).mkdir(exist_ok=True)  # every document may have been dropped
     summary["mixture_shares"] = mixture_shares(plan.jobs, stats, plan.args.share_tokenizer)
+    summary["step_times"] = step_times(plan.jobs, stats)
     if (output_dir / CLASSIFIER / METRICS_FILE).is_file():
         summary["quality_classifier"] = json.loads((output_dir / CLASSIFIER / METRICS_FILE).read_text())
     write_json_atomic(output_dir / "stats.json", stats)

@@ -64,6 +64,20 @@ def step_rows(jobs: list["DatatroveJob"], stats: dict[str, list[dict]]) -> list[
     return rows
 
 
+def step_times(jobs: list["DatatroveJob"], stats: dict[str, list[dict]]) -> list[dict]:
+    """Every step's own time (datatrove's time_stats, summed over tasks) and the documents it handled per second,
+    where it counts documents: what to profile first."""
+    times = []
+    for job in jobs:
+        for step_stats in stats[job.name]:
+            seconds = step_stats.get("time_stats", {}).get("total", 0.0)
+            documents = _total(step_stats, "total") or _total(step_stats, "documents") or None
+            times.append({"stage": job.name, "step": step_stats["step"], "seconds": round(seconds, 2),
+                          "documents": documents,
+                          "documents_per_second": round(documents / seconds) if documents and seconds else None})
+    return times
+
+
 def run_summary(rows: list[dict], seconds: float, data: Path, skipped: int = 0) -> dict:
     """What `stage_complete.json` says of a run: documents read, skipped as unreadable and written, time, the dataset
     and every step."""
@@ -138,6 +152,12 @@ def summary_markdown(rows: list[dict], summary: dict) -> str:
         lines += ["", f"Quality classifier, on {classifier['held_out_pages']:,} labelled pages it was not trained on "
                   f"({classifier['held_out_bad_pages']:,} bad): precision {classifier['precision']:.1%}, recall "
                   f"{classifier['recall']:.1%}, good pages dropped {classifier['good_pages_dropped']:.1%}."]
+    times = summary.get("step_times", [])
+    if times:
+        lines += ["", "Where the time went (each step's own time, summed over tasks):", "",
+                  "| stage | step | seconds | documents | documents/s |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {t['stage']} | {t['step']} | {t['seconds']:.2f} | {cell(t['documents'])} | "
+                  f"{cell(t['documents_per_second'])} |" for t in times if t["seconds"] >= 0.01]
     lines += ["", "Every step's full datatrove stats are in `stats.json`; its logs in `logs/<stage>/`."]
     return "\n".join(lines) + "\n"
 

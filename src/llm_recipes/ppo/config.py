@@ -56,6 +56,12 @@ class PPOConfig(TrainingArguments):
         metadata={"help": "Prompts per generation call and per scoring forward pass (a memory knob; the rollout "
                   "batch is split into chunks of this size)."},
     )
+    rollout_logprobs: bool = field(
+        default=True,
+        metadata={"help": "Take the policy's log-probabilities of its replies from the generation's own logits "
+                  "instead of a second forward pass over prompt and reply. Costs a replies x length x vocabulary "
+                  "tensor of logits per generation chunk: turn it off for large vocabularies and long replies."},
+    )
     # PPO
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each rollout batch."})
     num_mini_batches: int = field(

@@ -76,6 +76,7 @@ class Rollout:
     responses: torch.Tensor
     mask: torch.Tensor  # the reply tokens that count: up to and including the first stop token
     ended: torch.Tensor  # whether each reply emitted a stop token
+    logprobs: torch.Tensor | None = None  # the policy's, from generation (rollout_logprobs); else scored after
 
 
 @dataclass
@@ -218,17 +219,26 @@ class PPOTrainer(Trainer):
         return queries, masks.to(self.accelerator.device)
 
     @torch.no_grad()
-    def _generate(self, queries, query_mask, generation_config) -> torch.Tensor:
-        """Replies to a batch of prompts, in chunks of local_rollout_forward_batch_size, padded to one length."""
+    def _generate(self, queries, query_mask, generation_config, with_logprobs: bool = False):
+        """Replies to a batch of prompts, in chunks of local_rollout_forward_batch_size, padded to one length.
+        With `with_logprobs`, also the policy's log-probability of each reply token at the rollout temperature,
+        from the logits generation computed anyway (returned as a pair)."""
         chunk = self.args.local_rollout_forward_batch_size
-        replies = []
+        replies, logprobs = [], []
         for start in range(0, len(queries), chunk):  # the module itself: DDP's wrapper shares its parameters
             q, m = queries[start : start + chunk], query_mask[start : start + chunk]
-            out = self.model.policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
-            replies.append(out[:, q.shape[1] :])
+            out = self.model.policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config,
+                                             return_dict_in_generate=True, output_logits=with_logprobs)
+            replies.append(out.sequences[:, q.shape[1] :])
+            if with_logprobs:
+                logits = torch.stack(out.logits, dim=1).float() / self.args.temperature
+                logprobs.append(selective_log_softmax(logits, replies[-1]))
         width = max(r.shape[1] for r in replies)
         pad_id = self.processing_class.pad_token_id
-        return torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in replies])
+        responses = torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in replies])
+        if not with_logprobs:
+            return responses
+        return responses, torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for lp in logprobs])
 
     @staticmethod
     def _model_inputs(queries, query_mask, responses, mask):
@@ -243,20 +253,25 @@ class PPOTrainer(Trainer):
         return selective_log_softmax(logits.float() / temperature, responses)
 
     @torch.no_grad()
-    def _score_forward(self, queries, query_mask, responses, mask, temperature: float, values: bool = True):
+    def _score_forward(self, queries, query_mask, responses, mask, temperature: float, values: bool = True,
+                       policy_logprobs: torch.Tensor | None = None):
         """Log-probabilities of the replies under the policy and the reference, and the value model's values, in
-        chunks. With `values` false, only the two log-probabilities."""
+        chunks. With `values` false, only the two log-probabilities; with `policy_logprobs` (from generation), the
+        policy is not run again."""
         chunk = self.args.local_rollout_forward_batch_size
         unwrapped = self.model
         out = defaultdict(list)
         for start in range(0, len(queries), chunk):
             part = slice(start, start + chunk)
             inputs = self._model_inputs(queries[part], query_mask[part], responses[part], mask[part])
-            out["logprobs"].append(self._logprobs(unwrapped.policy, *inputs, responses[part], temperature))
+            if policy_logprobs is None:
+                out["logprobs"].append(self._logprobs(unwrapped.policy, *inputs, responses[part], temperature))
             with self._reference() as reference:
                 out["ref_logprobs"].append(self._logprobs(reference, *inputs, responses[part], temperature))
             if values:
                 out["values"].append(token_values(unwrapped.value_model, *inputs, responses.shape[1]))
+        if policy_logprobs is not None:
+            out["logprobs"] = [policy_logprobs]
         return {k: torch.cat(v) for k, v in out.items()}
 
     @contextmanager
@@ -400,15 +415,19 @@ class PPOTrainer(Trainer):
     def _rollout(self, examples: list[dict]) -> Rollout:
         """Sample a reply to each prompt from the policy; tokens after the first stop token are padding."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-        responses = self._generate(queries, query_mask, self.generation_config)
+        logprobs = None
+        if self.args.rollout_logprobs:
+            responses, logprobs = self._generate(queries, query_mask, self.generation_config, with_logprobs=True)
+        else:
+            responses = self._generate(queries, query_mask, self.generation_config)
         mask, ended = maths.response_mask(responses, self.stop_token_ids)
-        return Rollout(queries, query_mask, responses, mask, ended)
+        return Rollout(queries, query_mask, responses, mask, ended, logprobs)
 
     def _score(self, rollout: Rollout, examples: list[dict]) -> Scored:
         """Log-probabilities, values, the replies' scores, per-token rewards (KL penalty and score) and GAE."""
         args = self.args
         forward = self._score_forward(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask,
-                                      args.temperature)
+                                      args.temperature, policy_logprobs=rollout.logprobs)
         per_func = self._rewards(examples, rollout.responses, rollout.mask)
         scores = self._weighted(per_func)
         if args.missing_eos_penalty is not None:
