@@ -138,7 +138,7 @@ def jobs(args) -> dict:
 
     def pair(stage, script, dataset, steps, extra, baseline, trl_extra=None, baseline_recipe=None):
         """`baseline_recipe`: the recipe TRL's config is made from, when it is not ours (PPO's is GRPO's)."""
-        ours = our_recipe(stage, dataset, steps, work / f"{stage}_ours", extra)
+        ours = our_recipe(script, dataset, steps, work / f"{stage}_ours", extra)
         (work / f"{stage}_ours.yaml").write_text(yaml.safe_dump(ours))
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(REPO / "accelerate_configs/cpu.yaml")]
@@ -173,7 +173,7 @@ def jobs(args) -> dict:
         fixed = {key: sft[key] for key in ("model_name_or_path", "chat_template_path", "eos_token", "max_length",
                                            "max_steps", "use_cpu", "bf16", "seed", *QUIET) if key in sft}
         pair("sft_trl_defaults", "sft", {"path": str(data / "sft" / "train.jsonl")}, args.steps["sft"],
-             {"model_name_or_path": str(RUNS / "long_context")}, "trl sft, TRL's defaults", baseline_recipe={
+             {"model_name_or_path": str(RUNS / "long_context")}, "trl sft (TRL's defaults)", baseline_recipe={
                  **fixed, "model_name_or_path": str(RUNS / "long_context")})
     if "sft" in args.jobs:
         pair("sft", "sft", {"path": str(data / "sft" / "train.jsonl")}, args.steps["sft"],
@@ -245,8 +245,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side; the faster is kept")
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
+    parser.add_argument("--steps", nargs="*", default=[], metavar="RECIPE=STEPS",
+                        help="steps per job's recipe, e.g. pretrain=100 (defaults: pretrain 200, sft 100, dpo 40, "
+                        "grpo 10, ppo 10)")
     args = parser.parse_args()
-    args.steps = {"pretrain": 200, "sft": 100, "dpo": 40, "grpo": 10, "ppo": 10}
+    args.steps = {"pretrain": 200, "sft": 100, "dpo": 40, "grpo": 10, "ppo": 10,
+                  **{k: int(v) for k, v in (item.split("=") for item in args.steps)}}
     args.block = yaml.safe_load((REPO / "recipes/tiny/pretrain.yaml").read_text())["max_seq_length"]
     for needed in ("tokenizer", "prepared", "long_context", "sft", "data"):
         if not (RUNS / needed).exists():
@@ -264,7 +268,8 @@ def main():
                 shutil.rmtree(args.work_dir / f"{stage}_{side}", ignore_errors=True)
                 print(f"{stage}: {side} ({repeat + 1}/{args.repeats}) ...", flush=True)
                 run = run_measured(command, args.work_dir / f"{stage}_{side}_{repeat}.log",
-                                   args.block if stage == "pretrain" else None)
+                                   args.block if stage.startswith("pretrain") else None)
+                measured.setdefault(f"{side}_runs", []).append(run)
                 if side not in measured or run["train_seconds"] < measured[side]["train_seconds"]:
                     measured[side] = run
         measured["baseline_is"] = what
@@ -275,18 +280,23 @@ def main():
                 measured[side]["held_out_loss"] = held_out_reply_loss(folder, RUNS / "data" / "sft" / "test.jsonl")
         results[stage] = measured
 
-    print("\n| job | baseline | steps | ours tokens/s | baseline tokens/s | **tokens/s ratio** | ours s/step | "
+    print("\n| job | baseline | steps | ours tokens/s | baseline tokens/s | **tokens/s ratio** | step-time ratio per "
+          "repeat | ours s/step | "
           "baseline s/step | wall s (ours / baseline) | peak RSS GiB (ours / baseline) | final train loss "
           "(ours / baseline) | held-out reply loss (ours / baseline) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for stage, m in results.items():
         ours, base = m["ours"], m["baseline"]
         tokens_ours = ours["tokens"] / ours["train_seconds"] if ours["tokens"] else None
         tokens_base = base["tokens"] / base["train_seconds"] if base["tokens"] else None
         per_step = [r["train_seconds"] / max(r["steps"], 1) for r in (ours, base)]
+        # The spread: the ratio of each repeat's pair of runs (the sides alternate, so a pair shares the moment).
+        pairs = [b["train_seconds"] / o["train_seconds"] * (o["steps"] / max(b["steps"], 1))
+                 for o, b in zip(m["ours_runs"], m["baseline_runs"])]
+        spread = f"{min(pairs):.2f}–{max(pairs):.2f}" if len(pairs) > 1 else "–"
         print(f"| {stage} | {m['baseline_is']} | {ours['steps']} | "
               f"{tokens_ours and f'{tokens_ours:,.0f}' or '–'} | {tokens_base and f'{tokens_base:,.0f}' or '–'} | "
-              f"**{ratio(tokens_ours, tokens_base)}** | {per_step[0]:.3f} | {per_step[1]:.3f} "
+              f"**{ratio(tokens_ours, tokens_base)}** | {spread} | {per_step[0]:.3f} | {per_step[1]:.3f} "
               f"(ratio {ratio(per_step[1], per_step[0])}) | {ours['wall_seconds']:.0f} / {base['wall_seconds']:.0f} "
               f"| {ours['peak_rss_gib']:.2f} / {base['peak_rss_gib']:.2f} | {number(ours['final_loss'])} / "
               f"{number(base['final_loss'])} | {number(ours.get('held_out_loss'))} / "

@@ -19,8 +19,9 @@ tiny world's (`scripts/make_tiny_data.py`, CPU seconds). Nothing is pushed.
 
 Before anything runs, every package the selected checks need is looked for; a missing one stops the check with its
 name and the pip command, unless `--allow_missing`, which skips those checks and says why in the table. `--cpu`
-runs the checks that need no CUDA (not grpo_vllm's vLLM, not fsdp2, not vllm serve) with tiny shapes and 2 steps:
-the test suite runs it, so every path but the CUDA-only ones is exercised before a GPU is lent.
+runs the checks that need no CUDA (not grpo_vllm, fsdp2 or sft_qlora; export_nf4 with torchao's int8 weights in
+place of NF4, and no `vllm serve`) with tiny shapes and 2 steps: the test suite runs it, so every path but the
+CUDA-only ones is exercised before a GPU is lent.
 """
 
 import argparse
@@ -54,8 +55,9 @@ BASE_PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "peft
 NEEDS = {"pretrain": ("flash_attn", "liger_kernel"), "sft": ("flash_attn", "liger_kernel"),
          "sft_qlora": ("flash_attn", "bitsandbytes"), "grpo_vllm": ("vllm", "liger_kernel"),
          "fsdp2": ("flash_attn",), "export_nf4": ("bitsandbytes", "lm_eval", "vllm")}
-NEEDS_ON_CPU = {"sft_qlora": ("bitsandbytes",), "export_nf4": ("bitsandbytes", "lm_eval")}
-CUDA_ONLY = {"fsdp2": "FSDP on a CPU silently falls back to DDP", "grpo_vllm": "vLLM needs CUDA"}
+NEEDS_ON_CPU = {"export_nf4": ("lm_eval", "torchao")}
+CUDA_ONLY = {"fsdp2": "FSDP on a CPU silently falls back to DDP", "grpo_vllm": "vLLM needs CUDA",
+             "sft_qlora": "bitsandbytes' 4-bit training needs CUDA; the stage refuses it on a CPU"}
 
 
 class Check:
@@ -176,8 +178,6 @@ class GPUCheck:
                         model_name_or_path=str(self.base_model()), dataset_mixture=self.chats(),
                         max_steps=self.steps(50), warmup_steps=self.steps(5), max_length=256 if self.cpu else 2048,
                         num_train_epochs=None, per_device_eval_batch_size=None, **self.machine())
-        if qlora and self.cpu:
-            values["use_bnb_nested_quant"] = False
         summary = self.run_stage(name, "sft.py", values)
         return {"tokens/s": summary.get("train_tokens_per_second"), **self.memory(summary)}
 
@@ -213,6 +213,8 @@ class GPUCheck:
         out = self.work / "export"
         values = recipe("recipes/qwen3-0.6b/export.yaml", output_dir=str(out), model_name_or_path=str(source),
                         adapter_name_or_path=None, dtype="float32" if self.cpu else "bfloat16",
+                        # NF4 is bitsandbytes' (CUDA): on a CPU the same path runs with torchao's int8 weights.
+                        quantization="int8_weight_only" if self.cpu else "bnb_4bit",
                         eval_task="tiny_arithmetic", eval_metric="exact_match,strict",
                         include_path=str(REPO / "tasks/tiny"), eval_limit=20, max_score_drop=1.0,
                         speed_new_tokens=16 if self.cpu else 128)
@@ -272,19 +274,22 @@ class GPUCheck:
         return {("peak RSS GiB" if self.cpu else "peak GPU GiB"): summary.get(key)}
 
 
-def cell(value) -> str:
+PERCENT = ("MFU", "generation share")  # the measurements that are shares, printed as percentages
+
+
+def cell(value, key: str = "") -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.1%}" if value < 1 else f"{value:,.1f}"
+        return f"{value:.1%}" if key in PERCENT else f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
     return str(value)
 
 
 def table(rows: list[Check]) -> str:
     lines = ["| check | status | seconds | measured |", "|---|---|---:|---|"]
     for row in rows:
-        measured = ", ".join(f"{k} {cell(v)}" for k, v in row.values.items())
-        lines.append(f"| {row.name} | {row.status} | {cell(row.seconds)} | {measured} |")
+        measured = ", ".join(f"{k} {cell(v, k)}" for k, v in row.values.items())
+        lines.append(f"| {row.name} | {row.status} | {cell(row.seconds, 'seconds')} | {measured} |")
     return "\n".join(lines)
 
 
