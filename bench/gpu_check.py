@@ -109,20 +109,21 @@ class GPUCheck:
 
     # Running a stage.
 
-    def run_stage(self, name: str, script: str, values: dict, launcher: list[str] | None = None) -> dict:
+    def run_stage(self, name: str, script: str, values: dict, launcher: list[str] | None = None,
+                  cwd: Path = REPO) -> dict:
         """Write the derived recipe, launch the stage, and return its stage_complete.json summary."""
         config = self.work / f"{name}.yaml"
         config.write_text(yaml.safe_dump(values, sort_keys=False))
         shutil.rmtree(values["output_dir"], ignore_errors=True)
         command = [*(launcher or self.launch), str(REPO / "scripts" / script), "--config", str(config)]
-        self.execute(name, command)
+        self.execute(name, command, cwd=cwd)
         return json.loads((Path(values["output_dir"]) / "stage_complete.json").read_text())
 
-    def execute(self, name: str, command: list[str], timeout: float | None = None) -> None:
+    def execute(self, name: str, command: list[str], timeout: float | None = None, cwd: Path = REPO) -> None:
         log = self.work / f"{name}.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with log.open("w") as out:
-            process = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            process = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                      timeout=timeout)
         if process.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
@@ -221,7 +222,12 @@ class GPUCheck:
         for key in ("use_cpu", "bf16", "logging_steps", "disable_tqdm", "save_strategy", "eval_strategy",
                     "eval_on_start", "report_to"):
             values.pop(key, None)
-        summary = self.run_stage("export_nf4", "export.py", values, [sys.executable])
+        # The tiny lm-eval tasks read runs/tiny/data/eval/ from the working directory: lay one out over the world.
+        root = self.work / "eval_root"
+        (root / "runs/tiny").mkdir(parents=True, exist_ok=True)
+        if not (root / "runs/tiny/data").exists():
+            (root / "runs/tiny/data").symlink_to(self.world.resolve())
+        summary = self.run_stage("export_nf4", "export.py", values, [sys.executable], cwd=root)
         row = {"size MiB": summary["size_bytes"] / 2**20, "greedy tokens/s": summary["tokens_per_second"]}
         if not self.cpu:
             row["vllm serve"] = self.vllm_answer(out)
