@@ -148,16 +148,12 @@ def jobs(args) -> dict:
             config.update(trl_extra or {})
             (work / f"{stage}_trl.yaml").write_text(yaml.safe_dump(config))
             base_command = trl_cli(baseline.split()[1], work / f"{stage}_trl.yaml")
-        elif baseline.startswith("ours"):  # our own stage with other settings (`trl_extra`)
+        else:  # our own stage with other settings (`trl_extra`), or a pretraining baseline script of bench/
             config = {**ours, **(trl_extra or {}), "output_dir": str(work / f"{stage}_base")}
             (work / f"{stage}_base.yaml").write_text(yaml.safe_dump(config))
-            base_command = [*launch, str(REPO / "scripts" / f"{script}.py"), "--config",
-                            str(work / f"{stage}_base.yaml")]
-        else:
-            config = {**ours, **(trl_extra or {}), "output_dir": str(work / f"{stage}_base")}
-            (work / f"{stage}_base.yaml").write_text(yaml.safe_dump(config))
-            runner = "bare_loop.py" if "bare" in baseline else "run_clm.py"
-            base_command = [*launch, str(REPO / "bench" / runner), "--config", str(work / f"{stage}_base.yaml")]
+            runner = (REPO / "scripts" / f"{script}.py" if baseline.startswith("ours")
+                      else REPO / "bench" / ("bare_loop.py" if "bare" in baseline else "run_clm.py"))
+            base_command = [*launch, str(runner), "--config", str(work / f"{stage}_base.yaml")]
         defined[stage] = (our_command, base_command, baseline)
 
     if "pretrain" in args.jobs:

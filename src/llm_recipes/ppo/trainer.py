@@ -221,8 +221,8 @@ class PPOTrainer(Trainer):
     @torch.no_grad()
     def _generate(self, queries, query_mask, generation_config, with_logprobs: bool = False):
         """Replies to a batch of prompts, in chunks of local_rollout_forward_batch_size, padded to one length.
-        With `with_logprobs`, also the policy's log-probability of each reply token at the rollout temperature,
-        from the logits generation computed anyway (returned as a pair)."""
+        Returns them with, when `with_logprobs`, the policy's log-probability of each reply token at the rollout
+        temperature, from the logits generation computed anyway (else None)."""
         chunk = self.args.local_rollout_forward_batch_size
         replies, logprobs = [], []
         for start in range(0, len(queries), chunk):  # the module itself: DDP's wrapper shares its parameters
@@ -237,7 +237,7 @@ class PPOTrainer(Trainer):
         pad_id = self.processing_class.pad_token_id
         responses = torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in replies])
         if not with_logprobs:
-            return responses
+            return responses, None
         return responses, torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for lp in logprobs])
 
     @staticmethod
@@ -415,11 +415,8 @@ class PPOTrainer(Trainer):
     def _rollout(self, examples: list[dict]) -> Rollout:
         """Sample a reply to each prompt from the policy; tokens after the first stop token are padding."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-        logprobs = None
-        if self.args.rollout_logprobs:
-            responses, logprobs = self._generate(queries, query_mask, self.generation_config, with_logprobs=True)
-        else:
-            responses = self._generate(queries, query_mask, self.generation_config)
+        responses, logprobs = self._generate(queries, query_mask, self.generation_config,
+                                             with_logprobs=self.args.rollout_logprobs)
         mask, ended = maths.response_mask(responses, self.stop_token_ids)
         return Rollout(queries, query_mask, responses, mask, ended, logprobs)
 
@@ -545,7 +542,7 @@ class PPOTrainer(Trainer):
         """Greedy replies to a chunk of held-out prompts, as sums: prompts, weighted score, exact KL to the
         reference, reply tokens, replies that ended, and per reward function its sum and the replies it scored."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-        responses = self._generate(queries, query_mask, self.eval_generation_config)
+        responses, _ = self._generate(queries, query_mask, self.eval_generation_config)
         mask, ended = maths.response_mask(responses, self.stop_token_ids)
         input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
