@@ -8,7 +8,8 @@ Our own trainer (llm_recipes/ppo/: TRL no longer ships one). The policy starts f
 model); the reference is a frozen copy of it, or with `use_peft: true` the LoRA policy with its adapters disabled.
 Replies are scored by `reward_funcs`, weighted by `reward_weights`: reward functions by name (llm_recipes/rewards.py,
 the same ones GRPO uses) and/or reward models by path (the reward stage's output). The value model starts from
-`value_model_path`, else the first reward model, else the policy's checkpoint with a new head (`load_value_model`).
+`value_model_path`, else the first reward model, else the policy's checkpoint with a new head (`load_value_model`);
+with `value_head: shared` it is one linear head on the policy's last hidden states instead.
 
 Data are prompts (`prompt`, conversational or text) with the columns the reward functions read (`answer` for
 answer_accuracy): list them under `columns:`. The held-out prompts are answered greedily before training
@@ -63,9 +64,11 @@ def main(argv=None):
         model = get_peft_model(model, peft_config)
     else:
         ref_model = load_causal_lm(model_args, run.tokenizer, trust_remote_code)
+    value_model = None  # value_head: shared reads values off the policy
+    if training_args.value_head == "separate":
+        value_model = load_value_model(training_args, model_args, run.tokenizer, trust_remote_code)
     trainer = PPOTrainer(args=training_args, processing_class=run.tokenizer, model=model, ref_model=ref_model,
-                         value_model=load_value_model(training_args, model_args, run.tokenizer, trust_remote_code),
-                         train_dataset=run.data["train"], eval_dataset=held_out)
+                         value_model=value_model, train_dataset=run.data["train"], eval_dataset=held_out)
     add_pass_at_k_callback(trainer, run.of(PassAtKArguments), held_out, training_args.temperature,
                            training_args.max_completion_length, training_args.seed, policy_of=lambda m: m.policy)
     # Before training (eval_on_start): the SFT parent.

@@ -38,12 +38,15 @@ def toy_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
+@pytest.mark.parametrize("value_head", ["separate", "shared"])
+def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path, value_head):
     torch.manual_seed(0)
     tokenizer = toy_tokenizer()
     config = dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=None, **TINY_LLAMA)
     policy = LlamaForCausalLM(LlamaConfig(**config))
     value_model = LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1))
+    if value_head == "shared":
+        value_model = None
     a = tokenizer.convert_tokens_to_ids("a")
 
     def share_of_a(completions, completion_ids, **kwargs):
@@ -54,7 +57,7 @@ def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
     args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
                      per_device_train_batch_size=16, num_ppo_epochs=4, max_steps=20, learning_rate=3e-3,
                      max_completion_length=6, temperature=1.0, missing_eos_penalty=None, kl_coef=0.01,
-                     logging_steps=1, save_strategy="no", eval_on_start=True)
+                     logging_steps=1, save_strategy="no", eval_on_start=True, value_head=value_head)
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=copy.deepcopy(policy),
                          value_model=value_model, reward_funcs=[share_of_a], train_dataset=prompts,
                          eval_dataset=held_out)
@@ -68,6 +71,49 @@ def test_a_reward_favouring_one_token_rises_over_ppo_steps(tmp_path):
     # Greedy replies to the held-out prompts, before training and after: the parent's reward is far below.
     before, after = trainer.state.log_history[0]["eval_reward"], trainer.evaluate()["eval_reward"]
     assert before < 0.2 and after > before + 0.4, (before, after)
+    if value_head == "shared":  # the head learned values; the policy's weights moved by the policy loss alone
+        assert trainer.model.value_head.weight.abs().sum() > 0
+
+
+def test_the_shared_value_heads_values_from_generation_are_a_forward_passs():
+    """value_head: shared with rollout_logprobs: the values come from generation's last hidden states, so they must
+    be what one forward pass of the policy over prompt and reply gives, on every reply token; and the value loss's
+    gradient reaches the head alone."""
+    torch.manual_seed(0)
+    tokenizer = toy_tokenizer()
+    config = dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=None, **TINY_LLAMA)
+    prompts = Dataset.from_dict({"prompt": [" ".join("bcdefghij"[i % 9 : i % 9 + 1 + i % 3]) for i in range(16)]})
+    args = PPOConfig(output_dir="unused", use_cpu=True, report_to="none", disable_tqdm=True, seed=0,
+                     per_device_train_batch_size=16, max_completion_length=6, temperature=0.7, max_steps=1,
+                     save_strategy="no", local_rollout_forward_batch_size=8, value_head="shared")
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=LlamaForCausalLM(LlamaConfig(**config)),
+                         ref_model=LlamaForCausalLM(LlamaConfig(**config)),
+                         reward_funcs=[lambda completions, **kwargs: [0.0] * len(completions)],
+                         train_dataset=prompts)
+    torch.nn.init.normal_(trainer.model.value_head.weight)  # not the zeros it starts at: values that differ
+    rollout = trainer._rollout([trainer.train_dataset[i] for i in range(16)])
+    forward = trainer._score_forward(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask, 0.7)
+    assert rollout.values is not None and rollout.values[rollout.mask].std() > 0.1
+    torch.testing.assert_close(rollout.values[rollout.mask], forward["values"][rollout.mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.logprobs[rollout.mask], forward["logprobs"][rollout.mask], atol=1e-5, rtol=0)
+    inputs = trainer._model_inputs(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask)
+    _, values = trainer.model(*inputs, response_length=rollout.responses.shape[1])
+    values.sum().backward()
+    assert trainer.model.value_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in trainer.model.policy.parameters())
+
+
+def test_a_value_model_with_the_shared_head_is_refused(tmp_path):
+    tokenizer = toy_tokenizer()
+    config = dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=None, **TINY_LLAMA)
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", value_head="shared")
+    with pytest.raises(ValueError, match="none with value_head: shared"):
+        PPOTrainer(args=args, processing_class=tokenizer, model=LlamaForCausalLM(LlamaConfig(**config)),
+                   ref_model=LlamaForCausalLM(LlamaConfig(**config)),
+                   value_model=LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)),
+                   reward_funcs=[lambda completions, **kwargs: [0.0] * len(completions)])
+    with pytest.raises(ValueError, match="set one or the other"):
+        PPOConfig(output_dir=str(tmp_path), use_cpu=True, value_head="shared", value_model_path="some/model")
 
 
 def test_the_log_probabilities_taken_from_generation_are_the_policys_own(tmp_path):
@@ -152,6 +198,25 @@ def test_output_is_a_plain_causal_lm_and_checkpoints_hold_the_value_model(ppo_ru
     assert not (ppo_run / "value_model").exists() and not list(ppo_run.glob("*.bin"))
     for name in ("model.safetensors", "value_model/model.safetensors", "ppo_state.json", "optimizer.pt"):
         assert (ppo_run / "checkpoint-2" / name).is_file(), name
+
+
+def test_the_shared_value_head_is_checkpointed_and_a_resumed_run_ends_with_identical_weights(
+        tiny_world, tiny_policy, tmp_path):
+    shared = "value_head: shared\n"
+    whole = write_recipe(tmp_path / "whole.yaml", tiny_world, tiny_policy, tmp_path / "whole", extra=shared)
+    load_script("ppo").main(["--config", str(whole)])
+    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    assert (checkpoint / "value_head.safetensors").is_file() and not (checkpoint / "value_model").exists()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoint, resumed / "checkpoint-2")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_world, tiny_policy, resumed, extra=shared)
+    load_script("ppo").main(["--config", str(recipe)])
+    for name in ("model.safetensors", "checkpoint-4/value_head.safetensors"):
+        uninterrupted, continued = load_file(tmp_path / "whole" / name), load_file(resumed / name)
+        for key, weight in uninterrupted.items():
+            assert torch.equal(weight, continued[key]), (name, key)
+    assert load_file(resumed / "checkpoint-4/value_head.safetensors")["weight"].abs().sum() > 0
 
 
 def test_resumed_run_ends_with_identical_weights(ppo_run, tiny_world, tiny_policy, tmp_path):

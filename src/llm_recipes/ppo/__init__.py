@@ -27,6 +27,13 @@ score, so early value estimates are sensible), else from the policy's checkpoint
 scripts/ppo.py starts at zero (a random head's values are noise that drowns a sparse reward). The reference is a
 frozen copy of the starting policy or, with LoRA, the policy itself with its adapters disabled (no second copy).
 
+`value_head: shared` replaces the value model by one linear head on the policy's last hidden states (TRL's old
+`AutoModelForCausalLMWithValueHead` shares the trunk the same way). Its values are read off the passes the policy
+makes anyway: generation's hidden states (with `rollout_logprobs`) and the update's forward pass, so a PPO step costs
+a GRPO step's passes plus the reference's. The head's input is detached: the value loss trains the head alone and
+cannot pull the features the policy acts on. A checkpoint then holds `value_head.safetensors` instead of
+`value_model/`.
+
 Several processes: data-parallel (DDP, `accelerate launch --multi_gpu`, or gloo on CPU). DeepSpeed and FSDP are
 refused: the frozen reference and reward models would need their own sharded set-up.
 """

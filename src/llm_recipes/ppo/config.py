@@ -37,6 +37,14 @@ class PPOConfig(TrainingArguments):
         metadata={"help": "Checkpoint the value model starts from. Default: the first reward model of reward_funcs, "
                   "else the policy's checkpoint (with a new one-output head)."},
     )
+    value_head: Literal["separate", "shared"] = field(
+        default="separate",
+        metadata={"help": "separate: a value model of its own (value_model_path, else the first reward model, else a "
+                  "copy of the policy), with its own forward and backward passes. shared: one linear head on the "
+                  "policy's last hidden states, read from the passes the policy makes anyway (generation, updates), "
+                  "its gradient stopped at the head so that value learning leaves the policy's features alone: a PPO "
+                  "step costs about a GRPO step's passes."},
+    )
     # Rollouts
     max_prompt_length: int = field(
         default=512, metadata={"help": "Prompt tokens kept (the end of a longer prompt is kept, its start cut)."})
@@ -100,6 +108,9 @@ class PPOConfig(TrainingArguments):
         for key in ("num_ppo_epochs", "num_mini_batches", "max_completion_length", "local_rollout_forward_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}.")
+        if self.value_head == "shared" and self.value_model_path:
+            raise ValueError("value_model_path names a value model of its own, and value_head: shared reads values "
+                             "off the policy; set one or the other.")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError("temperature must be > 0 and top_p in (0, 1].")
 

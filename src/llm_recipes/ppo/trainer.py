@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -36,23 +37,43 @@ logger = logging.getLogger(__name__)
 
 PPO_STATE = "ppo_state.json"  # the KL coefficient (adaptive), kept in every checkpoint
 VALUE_MODEL_DIR = "value_model"
+VALUE_HEAD_FILE = "value_head.safetensors"  # value_head: shared
 
 
 class PolicyAndValue(nn.Module):
-    """The policy and the value model as one trained module: one optimizer, one DDP wrapper."""
+    """The policy and its values as one trained module: one optimizer, one DDP wrapper. The values come from a
+    value model of its own, or, with `value_model=None`, from `value_head`, one linear layer on the policy's last
+    hidden states (value_head: shared)."""
 
-    def __init__(self, policy: nn.Module, value_model: PreTrainedModel):
+    def __init__(self, policy: nn.Module, value_model: PreTrainedModel | None):
         super().__init__()
         self.policy, self.value_model = policy, value_model
-        if not hasattr(value_model, "score"):
+        if value_model is None:
+            # Zero at first, as a new head of a separate value model: the first advantages are the whitened scores.
+            self.value_head = nn.Linear(policy.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        elif not hasattr(value_model, "score"):
             raise ValueError(f"The value model ({type(value_model).__name__}) has no `score` head; use a checkpoint "
                              "that AutoModelForSequenceClassification loads with a `score` layer (decoder LMs do).")
 
+    @property
+    def shared(self) -> bool:
+        return self.value_model is None
+
+    def head_values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The shared head's values of hidden states. detach(): the value loss trains the head alone, so fitting
+        the returns cannot pull the features the policy acts on."""
+        return self.value_head(hidden.detach().float()).squeeze(-1)
+
     def forward(self, input_ids, attention_mask, position_ids, response_length: int):
         """Logits and values at the positions that predict the last `response_length` tokens."""
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
-        return logits, token_values(self.value_model, input_ids, attention_mask, position_ids, response_length)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          logits_to_keep=response_length + 1, use_cache=False, output_hidden_states=self.shared)
+        if self.shared:  # one pass of the policy gives both
+            return out.logits[:, :-1], self.head_values(out.hidden_states[-1][:, -response_length - 1 : -1])
+        values = token_values(self.value_model, input_ids, attention_mask, position_ids, response_length)
+        return out.logits[:, :-1], values
 
 
 def token_values(value_model, input_ids, attention_mask, position_ids, response_length: int) -> torch.Tensor:
@@ -77,6 +98,7 @@ class Rollout:
     mask: torch.Tensor  # the reply tokens that count: up to and including the first stop token
     ended: torch.Tensor  # whether each reply emitted a stop token
     logprobs: torch.Tensor | None = None  # the policy's, from generation (rollout_logprobs); else scored after
+    values: torch.Tensor | None = None  # the shared head's, from generation's hidden states (rollout_logprobs)
 
 
 @dataclass
@@ -129,7 +151,8 @@ class PPOTrainer(Trainer):
         processing_class: the policy's tokenizer (left padding is used for generation).
         model: the policy, a causal LM (a peft model with LoRA: the reference is then the policy with adapters off).
         ref_model: a frozen copy of the starting policy; None with a peft policy.
-        value_model: a sequence-classification model with one output, trained alongside the policy.
+        value_model: a sequence-classification model with one output, trained alongside the policy; None with
+            `value_head: shared` (a linear head on the policy's last hidden states).
         reward_funcs: callables in TRL's reward-function form, reward models, or their paths (default: built from
             `args.reward_funcs`); weighted by `args.reward_weights`.
         train_dataset, eval_dataset: prompts (`prompt`, conversational or text) and the columns the reward functions
@@ -137,8 +160,10 @@ class PPOTrainer(Trainer):
             reference, and the reply length.
     """
 
-    def __init__(self, args: PPOConfig, processing_class, model, value_model, ref_model=None, reward_funcs=None,
+    def __init__(self, args: PPOConfig, processing_class, model, value_model=None, ref_model=None, reward_funcs=None,
                  train_dataset=None, eval_dataset=None, reward_processing_classes=None, callbacks=None):
+        if (value_model is None) != (args.value_head == "shared"):
+            raise ValueError("Pass a value_model with value_head: separate, and none with value_head: shared.")
         if _is_peft(model) == (ref_model is not None):
             raise ValueError("Pass ref_model for a full policy, and none for a peft (LoRA) policy, whose reference "
                              "is itself with adapters disabled.")
@@ -221,24 +246,32 @@ class PPOTrainer(Trainer):
     @torch.no_grad()
     def _generate(self, queries, query_mask, generation_config, with_logprobs: bool = False):
         """Replies to a batch of prompts, in chunks of local_rollout_forward_batch_size, padded to one length.
-        Returns them with, when `with_logprobs`, the policy's log-probability of each reply token at the rollout
-        temperature, from the logits generation computed anyway (else None)."""
-        chunk = self.args.local_rollout_forward_batch_size
-        replies, logprobs = [], []
+        Returns `(replies, log-probabilities, values)`. When `with_logprobs`, the policy's log-probability of each
+        reply token at the rollout temperature, from the logits generation computed anyway, and with the shared
+        value head, its value at each reply token, from generation's last hidden states; else None and None."""
+        chunk, unwrapped = self.args.local_rollout_forward_batch_size, self.model
+        with_values = with_logprobs and unwrapped.shared
+        replies, logprobs, values = [], [], []
         for start in range(0, len(queries), chunk):  # the module itself: DDP's wrapper shares its parameters
             q, m = queries[start : start + chunk], query_mask[start : start + chunk]
-            out = self.model.policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config,
-                                             return_dict_in_generate=True, output_logits=with_logprobs)
+            out = unwrapped.policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config,
+                                            return_dict_in_generate=True, output_logits=with_logprobs,
+                                            output_hidden_states=with_values)
             replies.append(out.sequences[:, q.shape[1] :])
             if with_logprobs:
                 logits = torch.stack(out.logits, dim=1).float() / self.args.temperature
                 logprobs.append(selective_log_softmax(logits, replies[-1]))
+            if with_values:  # step t's last position is the one that predicts reply token t
+                hidden = torch.stack([layers[-1][:, -1] for layers in out.hidden_states], dim=1)
+                values.append(unwrapped.head_values(hidden))
         width = max(r.shape[1] for r in replies)
         pad_id = self.processing_class.pad_token_id
         responses = torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad_id) for r in replies])
-        if not with_logprobs:
-            return responses, None
-        return responses, torch.cat([nn.functional.pad(lp, (0, width - lp.shape[1])) for lp in logprobs])
+
+        def padded(parts):
+            return torch.cat([nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]) if parts else None
+
+        return responses, padded(logprobs), padded(values)
 
     @staticmethod
     def _model_inputs(queries, query_mask, responses, mask):
@@ -253,25 +286,30 @@ class PPOTrainer(Trainer):
         return selective_log_softmax(logits.float() / temperature, responses)
 
     @torch.no_grad()
-    def _score_forward(self, queries, query_mask, responses, mask, temperature: float, values: bool = True,
-                       policy_logprobs: torch.Tensor | None = None):
-        """Log-probabilities of the replies under the policy and the reference, and the value model's values, in
-        chunks. With `values` false, only the two log-probabilities; with `policy_logprobs` (from generation), the
-        policy is not run again."""
-        chunk = self.args.local_rollout_forward_batch_size
-        unwrapped = self.model
+    def _score_forward(self, queries, query_mask, responses, mask, temperature: float,
+                       policy_logprobs: torch.Tensor | None = None, values: torch.Tensor | None = None):
+        """Log-probabilities of the replies under the policy and the reference, and the values, in chunks. With
+        `policy_logprobs` (from generation), the policy is not run again; nor, with the shared head, for `values`.
+        With the shared head and no log-probabilities from generation, one pass of the policy gives both."""
+        chunk, unwrapped = self.args.local_rollout_forward_batch_size, self.model
         out = defaultdict(list)
         for start in range(0, len(queries), chunk):
             part = slice(start, start + chunk)
             inputs = self._model_inputs(queries[part], query_mask[part], responses[part], mask[part])
-            if policy_logprobs is None:
+            if policy_logprobs is None and unwrapped.shared:
+                logits, part_values = unwrapped(*inputs, response_length=responses.shape[1])
+                out["logprobs"].append(selective_log_softmax(logits.float() / temperature, responses[part]))
+                out["values"].append(part_values)
+            elif policy_logprobs is None:
                 out["logprobs"].append(self._logprobs(unwrapped.policy, *inputs, responses[part], temperature))
             with self._reference() as reference:
                 out["ref_logprobs"].append(self._logprobs(reference, *inputs, responses[part], temperature))
-            if values:
+            if not unwrapped.shared:
                 out["values"].append(token_values(unwrapped.value_model, *inputs, responses.shape[1]))
         if policy_logprobs is not None:
             out["logprobs"] = [policy_logprobs]
+        if values is not None:
+            out["values"] = [values]
         return {k: torch.cat(v) for k, v in out.items()}
 
     @contextmanager
@@ -415,16 +453,16 @@ class PPOTrainer(Trainer):
     def _rollout(self, examples: list[dict]) -> Rollout:
         """Sample a reply to each prompt from the policy; tokens after the first stop token are padding."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-        responses, logprobs = self._generate(queries, query_mask, self.generation_config,
-                                             with_logprobs=self.args.rollout_logprobs)
+        responses, logprobs, values = self._generate(queries, query_mask, self.generation_config,
+                                                     with_logprobs=self.args.rollout_logprobs)
         mask, ended = maths.response_mask(responses, self.stop_token_ids)
-        return Rollout(queries, query_mask, responses, mask, ended, logprobs)
+        return Rollout(queries, query_mask, responses, mask, ended, logprobs, values)
 
     def _score(self, rollout: Rollout, examples: list[dict]) -> Scored:
         """Log-probabilities, values, the replies' scores, per-token rewards (KL penalty and score) and GAE."""
         args = self.args
         forward = self._score_forward(rollout.queries, rollout.query_mask, rollout.responses, rollout.mask,
-                                      args.temperature, policy_logprobs=rollout.logprobs)
+                                      args.temperature, policy_logprobs=rollout.logprobs, values=rollout.values)
         per_func = self._rewards(examples, rollout.responses, rollout.mask)
         scores = self._weighted(per_func)
         if args.missing_eos_penalty is not None:
@@ -542,7 +580,7 @@ class PPOTrainer(Trainer):
         """Greedy replies to a chunk of held-out prompts, as sums: prompts, weighted score, exact KL to the
         reference, reply tokens, replies that ended, and per reward function its sum and the replies it scored."""
         queries, query_mask = self._sequences([e["prompt_ids"] for e in examples])
-        responses, _ = self._generate(queries, query_mask, self.eval_generation_config)
+        responses, _, _ = self._generate(queries, query_mask, self.eval_generation_config)
         mask, ended = maths.response_mask(responses, self.stop_token_ids)
         input_ids, attention_mask, position_ids = self._model_inputs(queries, query_mask, responses, mask)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -583,8 +621,12 @@ class PPOTrainer(Trainer):
         unwrapped = self.model  # the module itself; DDP's wrapper shares its parameters
         unwrapped.policy.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
-        if self._saving_checkpoint:
+        if self._saving_checkpoint and unwrapped.shared:
+            save_file({k: v.detach().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+                      os.path.join(output_dir, VALUE_HEAD_FILE))
+        elif self._saving_checkpoint:
             unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+        if self._saving_checkpoint:
             with open(os.path.join(output_dir, PPO_STATE), "w") as f:
                 json.dump({"kl_coef": self.kl_controller.value}, f)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -592,8 +634,11 @@ class PPOTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         unwrapped = self.model
         super()._load_from_checkpoint(resume_from_checkpoint, model=unwrapped.policy)
-        super()._load_from_checkpoint(os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
-                                      model=unwrapped.value_model)
+        if unwrapped.shared:
+            unwrapped.value_head.load_state_dict(load_file(os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE)))
+        else:
+            super()._load_from_checkpoint(os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
+                                          model=unwrapped.value_model)
         with open(os.path.join(resume_from_checkpoint, PPO_STATE)) as f:
             self.kl_controller.value = json.load(f)["kl_coef"]
 
