@@ -621,12 +621,12 @@ class PPOTrainer(Trainer):
         unwrapped = self.model  # the module itself; DDP's wrapper shares its parameters
         unwrapped.policy.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
-        if self._saving_checkpoint and unwrapped.shared:
-            save_file({k: v.detach().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
-                      os.path.join(output_dir, VALUE_HEAD_FILE))
-        elif self._saving_checkpoint:
-            unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
         if self._saving_checkpoint:
+            if unwrapped.shared:
+                save_file({k: v.detach().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+                          os.path.join(output_dir, VALUE_HEAD_FILE))
+            else:
+                unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
             with open(os.path.join(output_dir, PPO_STATE), "w") as f:
                 json.dump({"kl_coef": self.kl_controller.value}, f)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
