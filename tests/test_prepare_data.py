@@ -377,3 +377,59 @@ def test_the_summary_gives_each_steps_time_and_speed(prepared):
     gopher = next(t for t in times if t["step"] == "gopher_repetition")
     assert gopher["seconds"] > 0 and gopher["documents"] > 0 and gopher["documents_per_second"] > 0
     assert "Where the time went" in (prepared / "summary.md").read_text()
+
+
+def test_the_fast_repetition_filter_decides_as_datatroves(tiny_world):
+    import random
+
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherRepetitionFilter
+    from datatrove.pipeline.filters.gopher_repetition_filter import (
+        find_all_duplicate,
+        find_top_duplicate,
+        get_n_grams,
+    )
+
+    from llm_recipes.curation.repetition import FastGopherRepetitionFilter, PageNgrams
+    from llm_recipes.curation.words import fast_word_tokenizer
+
+    pages = [Document(text=row["text"], id=row["id"]) for name in ("web.jsonl", "web_more.jsonl")
+             for row in raw_rows(tiny_world, name)]
+    tokenizer = fast_word_tokenizer("en")
+    theirs, ours = GopherRepetitionFilter(language=tokenizer), FastGopherRepetitionFilter(language=tokenizer)
+    decisions = [theirs.filter(page) for page in pages]
+    assert sum(decision is not True for decision in decisions) > 5  # the world's repetitive spam is caught
+    assert [r for i in range(0, len(pages), 97) for r in ours.filter_batch(pages[i:i + 97])] == decisions
+    # The counts themselves, on words that collide when joined without a space ("ab c" and "a bc") and on
+    # pages shorter than n.
+    rng = random.Random(0)
+    vocabulary = ["a", "b", "ab", "ba", "c", "bc", "abc"]
+    words = [[rng.choice(vocabulary[:rng.randint(2, 7)]) for _ in range(rng.randint(0, 40))] for _ in range(400)]
+    ngrams = PageNgrams(words)
+    for n in range(1, 11):
+        assert ngrams.all_duplicate_chars(n) == [find_all_duplicate(w, n) for w in words]
+        assert ngrams.top_duplicate_chars(n) == [find_top_duplicate(get_n_grams(w, n)) if len(w) >= n else None
+                                                 for w in words]
+
+
+def test_the_phone_matcher_finds_what_libphonenumbers_finds(tiny_world):
+    import phonenumbers
+
+    from llm_recipes.curation.steps import phone_number_matcher
+
+    def found(matches):
+        return [(m.start, m.end, m.raw_string) for m in matches]
+
+    texts = [row["text"] for name in ("web.jsonl", "web_more.jsonl") for row in raw_rows(tiny_world, name)]
+    # Every plan's example numbers, written nationally and internationally, among sums.
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is not None:
+                texts.append(f"{region}: 47 + 35 = 82, call {phonenumbers.format_number(number, 0)} or "
+                             f"{phonenumbers.format_number(number, 1)}, or {phonenumbers.format_number(number, 2)}.")
+    assert sum(bool(found(phonenumbers.PhoneNumberMatcher(t, "US"))) for t in texts) > 200
+    for region in ("US", "GB", "SM", "AR", "DE"):
+        for text in texts:
+            expected = found(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
+            assert found(phone_number_matcher(text, region)) == expected, (region, text)

@@ -18,18 +18,18 @@ from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,
-    GopherRepetitionFilter,
 )
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 
+from llm_recipes.curation.repetition import FastGopherRepetitionFilter
 from llm_recipes.recipe import RecipeError, unknown_key_message
 from llm_recipes.values import checked_values
 
 # Quality filters a recipe can enable under `filters:`, by name; the mapping's order is the pipeline's order.
 QUALITY_FILTERS = {
-    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_repetition": FastGopherRepetitionFilter,  # datatrove's, same decisions, n-grams counted in numpy
     "gopher_quality": GopherQualityFilter,
     "c4_quality": C4QualityFilter,
     "fineweb_quality": FineWebQualityFilter,

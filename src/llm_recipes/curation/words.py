@@ -13,18 +13,23 @@ calls (one costs ~0.3 s), which frees the strings the last one learnt. datatrove
 it takes a language (`language=` of its filters and MinhashDedupSignature), so it is passed there.
 """
 
+from collections import OrderedDict
 from functools import lru_cache
 
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, chunk_text_on_bytes, load_word_tokenizer, strip_strings
 
 
 class FastSpaCyTokenizer(SpaCyTokenizer):
-    def __init__(self, language: str, config=None, renew_every: int = 50_000):
+    def __init__(self, language: str, config=None, renew_every: int = 50_000, remember: int = 1024):
         super().__init__(language, config)
         self.renew_every, self._calls = renew_every, 0
+        # The words of the last `remember` texts. datatrove's own cache holds 5, enough for filters that take one
+        # page at a time; the repetition filter takes pages in batches (repetition.py), and the filters after it
+        # would tokenize each page again.
+        self.remember, self._words = remember, OrderedDict()
 
     def __getstate__(self):  # datatrove pickles its steps for worker processes: send no spaCy state along
-        return {**self.__dict__, "_tokenizer": None, "_calls": 0}
+        return {**self.__dict__, "_tokenizer": None, "_calls": 0, "_words": OrderedDict()}
 
     def _docs(self, text: str, words_only: bool):
         """spaCy docs of `text` (chunks for Japanese, as datatrove's)."""
@@ -42,7 +47,15 @@ class FastSpaCyTokenizer(SpaCyTokenizer):
             return [run(t.replace("IS_ALPHA", "")) for t in texts]
 
     def word_tokenize(self, text: str) -> list[str]:
-        return strip_strings([token.text for doc in self._docs(text, words_only=True) for token in doc])
+        words = self._words.get(text)
+        if words is None:
+            words = strip_strings([token.text for doc in self._docs(text, words_only=True) for token in doc])
+            self._words[text] = words
+            if len(self._words) > self.remember:
+                self._words.popitem(last=False)
+        else:
+            self._words.move_to_end(text)
+        return words
 
     def sent_tokenize(self, text: str) -> list[str]:
         return strip_strings([sent.text for doc in self._docs(text, words_only=False) for sent in doc.sents])
