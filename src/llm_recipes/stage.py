@@ -18,10 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
-import transformers
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from llm_recipes import preflight
 from llm_recipes.atomic_files import write_json_atomic  # noqa: F401 (stage.write_json_atomic, for the scripts)
 
@@ -112,7 +108,10 @@ def setup_logging(training_args=None) -> None:
     # the verbosity the recipe's `log_level` asks for.
     main_process = training_args is None or training_args.should_log
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
-    if training_args is not None:
+    if training_args is not None:  # a training stage (stages without a trainer do not import Transformers)
+        import datasets
+        import transformers
+
         level = training_args.get_process_log_level()
         datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
         transformers.utils.logging.set_verbosity(level)
@@ -130,6 +129,8 @@ def checkpoint_to_resume(training_args) -> str | None:
     """The checkpoint this run continues from: the recipe's `resume_from_checkpoint`, or else the newest
     complete checkpoint in `output_dir` (a run killed mid-save leaves a folder without a readable trainer state;
     such folders are removed so that nothing half-written is left behind)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
     output_dir = Path(training_args.output_dir)
@@ -180,6 +181,8 @@ def evaluate_held_out(trainer, keep=lambda key: True) -> dict:
 
 def start(args: StageArguments, training_args) -> None:
     """What every training stage does first: logging, and the Hub settings checked before any compute."""
+    import transformers
+
     from llm_recipes.hub import check_push_settings
 
     setup_logging(training_args)
