@@ -62,3 +62,18 @@ def test_sft_runs_on_the_moe_checkpoint_with_no_code_change(moe_model, tiny_worl
     assert summary["eval_loss"] < summary["eval_loss_before"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft", use_safetensors=True)
     assert model.config.model_type == "qwen3_moe"
+
+
+def test_the_moe_checkpoint_is_saved_for_generation_with_the_balancing_loss_off(moe_model, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(moe_model, use_safetensors=True)
+    assert model.config.output_router_logits is False  # the training setting is not published
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["What is 4 + 3?", "There were 12 cats near the river. Then"], return_tensors="pt",
+                      padding=True)
+    with torch.no_grad():  # a padded batch through the KV cache: what failed with the loss on
+        out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 8)
