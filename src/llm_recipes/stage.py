@@ -382,9 +382,9 @@ def finish(trainer, training_args, summary: dict, args: StageArguments | None = 
     # are saved with it off, and Transformers' generation fails with it on (the loss meets the mask of the whole
     # sequence with the router logits of the new token only). A stage that trains the checkpoint again turns it on
     # with `model_config_overrides: {output_router_logits: true}`.
-    text_config = trainer.model.config.get_text_config()
-    if getattr(text_config, "output_router_logits", False):
-        text_config.output_router_logits = False
+    config = getattr(trainer.model, "config", None)  # PPO's policy-and-value wrapper has none (nor a router)
+    if config is not None and getattr(config.get_text_config(), "output_router_logits", False):
+        config.get_text_config().output_router_logits = False
     # Trainer's own push would write its own card; we push the finished folder ourselves (publish).
     trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.is_world_process_zero():
