@@ -400,11 +400,12 @@ def test_the_fast_repetition_filter_decides_as_datatroves(tiny_world):
     decisions = [theirs.filter(page) for page in pages]
     assert sum(decision is not True for decision in decisions) > 5  # the world's repetitive spam is caught
     assert [r for i in range(0, len(pages), 97) for r in ours.filter_batch(pages[i:i + 97])] == decisions
-    # The counts themselves, on words that collide when joined without a space ("ab c" and "a bc") and on
-    # pages shorter than n.
+    # The counts themselves, on words that collide when joined without a space ("ab c" and "a bc"), on words
+    # with a space (which no spaCy word has), and on pages shorter than n.
     rng = random.Random(0)
     vocabulary = ["a", "b", "ab", "ba", "c", "bc", "abc"]
     words = [[rng.choice(vocabulary[:rng.randint(2, 7)]) for _ in range(rng.randint(0, 40))] for _ in range(400)]
+    words += [["a b", "c", "a", "b c", "a b", "c"], ["x y", "z"] * 3]  # spaced words: " ".join collides too
     ngrams = PageNgrams(words)
     for n in range(1, 11):
         assert ngrams.all_duplicate_chars(n) == [find_all_duplicate(w, n) for w in words]

@@ -6,9 +6,10 @@ the slowest step of `prepare_data`. Here the n-grams of a whole batch of pages a
 operations; only the n-grams that repeat an earlier one of their page are looked at in Python. The results are
 datatrove's, exactly:
 
-- Top n-gram: datatrove counts the `" ".join` of the words. Words hold no whitespace (datatrove strips them), so
-  two n-grams join to the same string exactly when their words are the same: they are grouped by a hash of their
-  word ids, and every member of a group is checked against the group's first. The top one is the most frequent,
+- Top n-gram: datatrove counts the `" ".join` of the words. Where no word holds a space (spaCy's never do), two
+  n-grams join to the same string exactly when their words are the same: they are grouped by a hash of their word
+  ids, and every member of a group is checked against the group's first. A page with a spaced word is counted by
+  datatrove's function. The top one is the most frequent,
   and of those the first to occur (as `Counter.most_common` breaks ties).
 - Duplicated n-grams: datatrove keys them by `"".join` (no separator), so different words can collide ("ab c" and
   "a bc"). They are grouped by a hash of their characters, and every repeat is checked against the text it repeats.
@@ -70,6 +71,10 @@ class PageNgrams:
         self.joined = "".join(words)
         self.char_hash = PolynomialHash(np.frombuffer(self.joined.encode("utf-32-le"), dtype=np.uint32))
         self.word_hash = PolynomialHash(self.ids + 1)
+        # Pages where different words could join to the same n-gram string (a word with a space in it).
+        self.spaced_pages = set()
+        if " " in self.joined:
+            self.spaced_pages = {i for i, page in enumerate(pages) if any(" " in word for word in page)}
 
     def starts(self, n: int) -> np.ndarray:
         """The positions where an n-gram starts within its page."""
@@ -114,7 +119,8 @@ class PageNgrams:
         chars[has_ngrams] = self.offsets[top_first[has_ngrams] + n] - self.offsets[top_first[has_ngrams]] + n - 1
         result = [int(c) * int(t) if t else None for c, t in zip(chars.tolist(), top_count.tolist())]
         # A collision miscounts the pages on both of its sides.
-        for page in np.unique(self.page_of[np.r_[starts[~same], first[~same]]]).tolist():
+        collided = set(np.unique(self.page_of[np.r_[starts[~same], first[~same]]]).tolist())
+        for page in collided | {page for page in self.spaced_pages if len(self.pages[page]) >= n}:
             result[page] = find_top_duplicate(get_n_grams(self.pages[page], n))
         return result
 
