@@ -9,8 +9,8 @@ datatrove's, exactly:
 - Top n-gram: datatrove counts the `" ".join` of the words. Where no word holds a space (spaCy's never do), two
   n-grams join to the same string exactly when their words are the same: they are grouped by a hash of their word
   ids, and every member of a group is checked against the group's first. A page with a spaced word is counted by
-  datatrove's function. The top one is the most frequent,
-  and of those the first to occur (as `Counter.most_common` breaks ties).
+  datatrove's function. The top one is the most frequent, and of those the first to occur (as
+  `Counter.most_common` breaks ties).
 - Duplicated n-grams: datatrove keys them by `"".join` (no separator), so different words can collide ("ab c" and
   "a bc"). They are grouped by a hash of their characters, and every repeat is checked against the text it repeats.
   The greedy scan (a repeat skips its n words) is replayed over the repeats alone.
@@ -82,7 +82,7 @@ class PageNgrams:
 
     def group(self, starts: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Group the n-grams at `starts` by key, the key mixed with the page, so that each page's n-grams group
-        apart: for each, its group's number and the group's first position."""
+        apart: each n-gram's group number, and each group's first position."""
         with np.errstate(over="ignore"):
             keys = keys ^ self.page_of[starts].astype(np.uint64) * PAGE_MIX
         order = np.argsort(keys)
@@ -92,21 +92,20 @@ class PageNgrams:
         group_sorted = np.cumsum(new) - 1
         group = np.empty_like(group_sorted)
         group[order] = group_sorted
-        return group, np.minimum.reduceat(starts[order], np.flatnonzero(new))[group]
+        return group, np.minimum.reduceat(starts[order], np.flatnonzero(new))
 
     def top_duplicate_chars(self, n: int) -> list[int | None]:
         """Per page, `find_top_duplicate(get_n_grams(words, n))`; None where the page has fewer than n words."""
         starts = self.starts(n)
         if len(starts) == 0:
             return [None] * len(self.pages)
-        group, first = self.group(starts, self.word_hash.of(starts, starts + n))
+        group, group_first = self.group(starts, self.word_hash.of(starts, starts + n))
+        first = group_first[group]
         same = np.ones(len(starts), dtype=bool)
         for k in range(n):  # the words themselves, so that a hash collision cannot merge different n-grams
             same &= self.ids[starts + k] == self.ids[first + k]
         same &= self.page_of[starts] == self.page_of[first]
         counts = np.bincount(group)
-        group_first = np.zeros(len(counts), dtype=np.int64)
-        group_first[group] = first
         group_page = self.page_of[group_first]
         # Per page: the most frequent group, and of those the first to occur.
         top_count = np.zeros(len(self.pages), dtype=np.int64)
@@ -132,7 +131,8 @@ class PageNgrams:
         starts = self.starts(n)
         if len(starts) == 0:
             return result
-        _, first = self.group(starts, self.char_hash.of(self.offsets[starts], self.offsets[starts + n]))
+        group, group_first = self.group(starts, self.char_hash.of(self.offsets[starts], self.offsets[starts + n]))
+        first = group_first[group]
         repeats = np.flatnonzero(first < starts)
         repeat_starts, repeat_firsts = starts[repeats].tolist(), first[repeats].tolist()
         joined, offsets, page_of = self.joined, self.offset_list, self.page_list

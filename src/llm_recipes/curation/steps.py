@@ -81,19 +81,17 @@ def phone_number_matcher(text: str, region: str):
 def short_candidate_rejecting_matcher():
     """The class of `phone_number_matcher` (made on first use: phonenumbers is an optional dependency)."""
     import phonenumbers
+    from phonenumbers.phonenumberutil import _PLUS_CHARS  # its plus signs (ASCII, full-width), as it reads them
 
     class ShortCandidateRejectingMatcher(phonenumbers.PhoneNumberMatcher):
         def _parse_and_verify(self, candidate, offset):  # libphonenumber's one parse of a candidate
-            international = any(char in PLUS_CHARS for char in candidate)
+            international = any(char in _PLUS_CHARS for char in candidate)
             shortest = self.shortest_international if international else self.shortest_national
             if sum(char.isalnum() for char in candidate) < shortest:
                 return None
             return super()._parse_and_verify(candidate, offset)
 
     return ShortCandidateRejectingMatcher
-
-
-PLUS_CHARS = "+\uff0b"  # libphonenumber's plus signs (ASCII and full-width)
 
 
 @lru_cache(maxsize=None)
