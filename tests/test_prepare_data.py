@@ -372,6 +372,37 @@ def test_the_fast_spacy_tokenizer_gives_datatroves_words_and_sentences(tiny_worl
         assert ours.span_tokenize(page) == theirs.span_tokenize(page)
 
 
+def test_the_quality_filter_scores_with_the_model_trained_last(tmp_path):
+    """datatrove's filter reads a cached copy of the first model it saw at a path; ours reads the path itself."""
+    import shutil
+    import subprocess
+    import sys
+
+    from datatrove.data import Document
+
+    from llm_recipes.curation.classifier import TrainedClassifierFilter
+
+    # Two classifiers, one that keeps the town's pages and one that drops them, trained in a process of their own:
+    # with torch imported (as it is in the test workers) fastText's training often stops with "Encountered NaN".
+    train = """
+import sys, fasttext
+for label, other in (("clean", "content_farm"), ("content_farm", "clean")):
+    path = f"{sys.argv[1]}/{label}.txt"
+    with open(path, "w") as f:
+        f.writelines([f"__label__{label} page {i} about the town\\n" for i in range(500)]
+                     + [f"__label__{other} buy cheap pills {i} now\\n" for i in range(500)])
+    fasttext.train_supervised(input=path, epoch=5, lr=0.1, wordNgrams=2, dim=32, bucket=1000, thread=1, seed=0,
+                              verbose=0).save_model(f"{sys.argv[1]}/{label}.bin")
+"""
+    subprocess.run([sys.executable, "-c", train, str(tmp_path)], check=True)
+    decisions = []
+    for trained in ("clean", "content_farm"):  # the same recipe run twice, its judge labelling the town otherwise
+        shutil.copy(tmp_path / f"{trained}.bin", tmp_path / "model.bin")
+        step = TrainedClassifierFilter(str(tmp_path / "model.bin"), keep_labels=[("clean", 0.5)])
+        decisions.append(step.filter(Document(text="a page about the town", id="0")))
+    assert decisions == [True, False]
+
+
 def test_the_summary_gives_each_steps_time_and_speed(prepared):
     times = json.loads((prepared / "stage_complete.json").read_text())["step_times"]
     gopher = next(t for t in times if t["step"] == "gopher_repetition")

@@ -17,6 +17,8 @@ import random
 from itertools import islice
 from pathlib import Path
 
+from datatrove.pipeline.filters import FastTextClassifierFilter
+
 from llm_recipes.atomic_files import write_json_atomic
 from llm_recipes.recipe import RecipeError
 from llm_recipes.rewards import imported_function
@@ -64,8 +66,8 @@ def train_quality_classifier(settings, sources, folder: Path, seed: int) -> dict
     train_file.write_text("".join(fasttext_line(label, doc["text"]) + "\n"
                                   for doc, label in zip(documents[held_out:], labels[held_out:])))
     model = fasttext.train_supervised(input=str(train_file), epoch=settings.epoch, lr=settings.lr,
-                                      wordNgrams=settings.word_ngrams, dim=settings.dim, thread=1, seed=seed,
-                                      verbose=0)
+                                      wordNgrams=settings.word_ngrams, dim=settings.dim, bucket=settings.bucket,
+                                      thread=1, seed=seed, verbose=0)
     train_file.unlink()
     metrics = held_out_metrics(model, documents[:held_out], labels[:held_out], settings)
     metrics.update(annotated=len(documents), trained_on=len(documents) - held_out,
@@ -75,6 +77,23 @@ def train_quality_classifier(settings, sources, folder: Path, seed: int) -> dict
     write_json_atomic(folder / METRICS_FILE, metrics)
     logger.info("Quality classifier on %s held-out labelled pages: %s", held_out, json.dumps(metrics))
     return metrics
+
+
+class TrainedClassifierFilter(FastTextClassifierFilter):
+    """datatrove's FastTextClassifierFilter, reading the model trained here from where it was written.
+
+    datatrove copies a model into its asset cache (~/.cache/huggingface/assets/datatrove/) under a name made from
+    its path, the first time, and reads that copy from then on: a classifier trained again at the same path (the
+    same recipe run again on other data or settings) would score the pages with the first run's model."""
+
+    @property
+    def model(self):
+        if self._model is None:
+            from fasttext.FastText import _FastText
+
+            # The keep label is among the model's: the judge's labels were checked before training.
+            self._model = _FastText(self.model_url)
+        return self._model
 
 
 def keep_score(model, text: str, label: str) -> float:

@@ -87,7 +87,8 @@ class PrepareDataArguments:
         default=None,
         metadata={"help": "Score every page with a classifier trained on a judge's labels (FineWeb-Edu's method) and "
                   "drop those under min_score: {judge: module:function, judge_kwargs, annotate, heldout_fraction, "
-                  "keep_label, min_score, epoch, lr, word_ngrams, dim}. See llm_recipes/curation/classifier.py."},
+                  "keep_label, min_score, epoch, lr, word_ngrams, dim, bucket}. "
+                  "See llm_recipes/curation/classifier.py."},
     )
     share_tokenizer: str | None = field(
         default=None,
@@ -460,6 +461,9 @@ class QualityClassifierSettings:
     lr: float = 0.5
     word_ngrams: int = 2
     dim: int = 32
+    # Rows the word n-grams hash into: fastText's default. The model file is bucket x dim floats (256 MB at the
+    # defaults), which is written and read again however few pages there are; a small crawl needs far fewer.
+    bucket: int = 2_000_000
 
 
 def quality_classifier_settings(value) -> QualityClassifierSettings | None:

@@ -30,12 +30,11 @@ from datatrove.pipeline.dedup import (
     MinhashDedupFilter,
     MinhashDedupSignature,
 )
-from datatrove.pipeline.filters import FastTextClassifierFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.typeshelper import Languages
 
-from llm_recipes.curation.classifier import METRICS_FILE, MODEL_FILE
+from llm_recipes.curation.classifier import METRICS_FILE, MODEL_FILE, TrainedClassifierFilter
 from llm_recipes.curation.config import (
     CLASSIFIER,
     DATA,
@@ -155,7 +154,7 @@ class Plan:
         if classifier is not None:
             # After the heuristic filters, as FineWeb-Edu's classifier ran on FineWeb: it scores what they keep.
             # The model file is written before the run (`train_quality_classifier`); the filter loads it lazily.
-            steps.append(FastTextClassifierFilter(
+            steps.append(TrainedClassifierFilter(
                 str(self.output_dir / CLASSIFIER / MODEL_FILE), keep_labels=[(classifier.keep_label,
                                                                               classifier.min_score)],
                 save_labels_in_metadata=True, newline_replacement=" ",
