@@ -35,7 +35,7 @@ COMPUTATION = re.compile(r"(\d+)([+-])(\d+): ((?:\d+[+-]\d[+-]\d=\d+, )+)so (\d+
 REPLY = re.compile(r"<think>\n((?:.+\n)+)</think>\n\nThe answer is (\d+)\.")
 TRAINING_FILES = ["raw/web.jsonl", "raw/web_heldout.jsonl", "domain/train.jsonl", "domain/heldout.jsonl",
                   "sft/train.jsonl", "sft/tools_train.jsonl", "preferences/train.jsonl", "rl/train.jsonl",
-                  "long/train.jsonl"]
+                  "long/train.jsonl", "tokenizer/tool_calls.jsonl"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -454,6 +454,7 @@ STAGE_COLUMNS = {
     "eval/passkey.jsonl": {"context_words", "text", "question", "answer"},
     "eval/heldout_pairs.jsonl": {"a", "b", "op"},
     "long/train.jsonl": {"text", "answer"},
+    "tokenizer/tool_calls.jsonl": {"text"},
 }
 
 

@@ -54,3 +54,27 @@ def test_eos_must_be_a_special_token(tmp_path, tiny_world):
     with pytest.raises(RecipeError, match="eos_token '</s>' must be one of special_tokens"):
         load_script("train_tokenizer").main(["--config", str(recipe)])
     assert not (tmp_path / "tok").exists()
+
+
+def test_a_tokenizer_that_sees_the_training_calls_writes_a_call_in_far_fewer_tokens(tmp_path, tiny_world):
+    """The tiny recipe trains on the world's tool calls and adds their tags whole: a held-out call (other operands)
+    takes under half the tokens, and the tags are one token each."""
+    call = next(json.loads(line) for line in (tiny_world / "sft/tools_test.jsonl").read_text().splitlines())
+    function = next(m for m in call["messages"] if m["tool_calls"])["tool_calls"][0]["function"]
+    text = "<tool_call>" + json.dumps({"name": function["name"], "arguments": function["arguments"]}) + "</tool_call>"
+    lengths = {}
+    for name, extra in (("plain", ""), ("tool_aware", f"    - {{path: {tiny_world}/tokenizer/tool_calls.jsonl, "
+                                                       "weight: 0.1}\n")):
+        out = tmp_path / name
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(
+            f"output_dir: {out}\nvocab_size: 1024\nchat_template: recipes/templates/chatml.jinja\n"
+            + ('added_tokens: ["<tool_call>", "</tool_call>"]\n' if extra else "")
+            + f"dataset_mixture:\n  datasets:\n    - {{path: {tiny_world}/raw/web.jsonl, weight: 0.9}}\n{extra}"
+            f"  eval_datasets: [{tiny_world}/raw/web_heldout.jsonl]\n")
+        load_script("train_tokenizer").main(["--config", str(recipe)])
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        lengths[name] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert lengths["tool_aware"] * 2 < lengths["plain"], lengths
+    assert len(tokenizer("<tool_call>", add_special_tokens=False)["input_ids"]) == 1

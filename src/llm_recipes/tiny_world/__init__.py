@@ -143,6 +143,14 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
     })
     # What a teacher answers for distillation: the SFT conversations' prompts (every turn before the last answer).
     files["distill/train.jsonl"] = [{"prompt": row["messages"][:-1]} for row in files["sft/train.jsonl"]]
+    # The training calls as the chat template writes them, for the tokenizer to learn: without them it spells the
+    # call's JSON a byte or two at a time (63 tokens), and SFT models misspell its keys (README, "Tool calls").
+    files["tokenizer/tool_calls.jsonl"] = [
+        {"text": "<tool_call>" + json.dumps({"name": call["function"]["name"],
+                                             "arguments": call["function"]["arguments"]}, ensure_ascii=False)
+                 + "</tool_call>"}
+        for row in files["sft/tools_train.jsonl"] for message in row["messages"]
+        for call in message["tool_calls"] or ()]
     manifest_files = {}
     for relpath in sorted(files):
         data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in files[relpath]).encode()
