@@ -41,11 +41,12 @@ def main(argv=None):
     if classifier is not None:  # trained before the pipeline that runs it
         # fastText trains without holding the GIL, so spaCy, which the filters' word tokenizer loads, is imported
         # meanwhile on the other core (1.3 s of the tiny recipe's 10 s).
-        spacy_import = threading.Thread(target=importlib.import_module, args=("spacy",), daemon=True)
+        spacy_import = None
         if args.filters or args.minhash:
+            spacy_import = threading.Thread(target=importlib.import_module, args=("spacy",), daemon=True)
             spacy_import.start()
         train_quality_classifier(classifier, plan.sources, plan.output_dir / CLASSIFIER, args.seed)
-        if spacy_import.is_alive():
+        if spacy_import is not None:
             spacy_import.join()
     plan.run()
     if args.executor == "slurm":

@@ -380,21 +380,17 @@ def test_the_quality_filter_scores_with_the_model_trained_last(tmp_path):
 
     from datatrove.data import Document
 
-    from llm_recipes.curation.classifier import TrainedClassifierFilter
+    from llm_recipes.curation.classifier import TRAIN_FASTTEXT, TrainedClassifierFilter
 
-    # Two classifiers, one that keeps the town's pages and one that drops them, trained in a process of their own:
-    # with torch imported (as it is in the test workers) fastText's training often stops with "Encountered NaN".
-    train = """
-import sys, fasttext
-for label, other in (("clean", "content_farm"), ("content_farm", "clean")):
-    path = f"{sys.argv[1]}/{label}.txt"
-    with open(path, "w") as f:
-        f.writelines([f"__label__{label} page {i} about the town\\n" for i in range(500)]
-                     + [f"__label__{other} buy cheap pills {i} now\\n" for i in range(500)])
-    fasttext.train_supervised(input=path, epoch=5, lr=0.1, wordNgrams=2, dim=32, bucket=1000, thread=1, seed=0,
-                              verbose=0).save_model(f"{sys.argv[1]}/{label}.bin")
-"""
-    subprocess.run([sys.executable, "-c", train, str(tmp_path)], check=True)
+    # Two classifiers, one that keeps the town's pages and one that drops them, trained as the stage trains its own
+    # (in a process of their own: with torch imported, as in the test workers, fastText often stops at a NaN).
+    for label, other in (("clean", "content_farm"), ("content_farm", "clean")):
+        train_file = tmp_path / f"{label}.txt"
+        train_file.write_text("".join(f"__label__{label} page {i} about the town\n" for i in range(500))
+                              + "".join(f"__label__{other} buy cheap pills {i} now\n" for i in range(500)))
+        train_args = dict(epoch=5, lr=0.1, wordNgrams=2, dim=32, bucket=1000, thread=1, seed=0, verbose=0)
+        subprocess.run([sys.executable, "-c", TRAIN_FASTTEXT, str(train_file), str(tmp_path / f"{label}.bin"),
+                        json.dumps(train_args)], check=True)
     decisions = []
     for trained in ("clean", "content_farm"):  # the same recipe run twice, its judge labelling the town otherwise
         shutil.copy(tmp_path / f"{trained}.bin", tmp_path / "model.bin")

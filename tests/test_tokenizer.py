@@ -59,9 +59,10 @@ def test_eos_must_be_a_special_token(tmp_path, tiny_world):
 def test_a_tokenizer_that_sees_the_training_calls_writes_a_call_in_far_fewer_tokens(tmp_path, tiny_world):
     """The tiny recipe trains on the world's tool calls and adds their tags whole: a held-out call (other operands)
     takes under half the tokens, and the tags are one token each."""
-    call = next(json.loads(line) for line in (tiny_world / "sft/tools_test.jsonl").read_text().splitlines())
-    function = next(m for m in call["messages"] if m["tool_calls"])["tool_calls"][0]["function"]
-    text = "<tool_call>" + json.dumps({"name": function["name"], "arguments": function["arguments"]}) + "</tool_call>"
+    from llm_recipes.tiny_world.chats import tool_call_text
+
+    row = next(json.loads(line) for line in (tiny_world / "sft/tools_test.jsonl").read_text().splitlines())
+    text = tool_call_text(next(m for m in row["messages"] if m["tool_calls"])["tool_calls"][0])
     lengths = {}
     for name, extra in (("plain", ""), ("tool_aware", f"    - {{path: {tiny_world}/tokenizer/tool_calls.jsonl, "
                                                        "weight: 0.1}\n")):

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from llm_recipes.atomic_files import write_atomically
 from llm_recipes.tiny_world.arithmetic import OperandPairs
-from llm_recipes.tiny_world.chats import build_preferences, build_rl, build_rl_safety, build_sft, build_tools
+from llm_recipes.tiny_world.chats import (
+    build_preferences,
+    build_rl,
+    build_rl_safety,
+    build_sft,
+    build_tools,
+    tool_call_text,
+)
 from llm_recipes.tiny_world.content_farm import build_web_more
 from llm_recipes.tiny_world.domain import build_domain
 from llm_recipes.tiny_world.evals import build_eval, build_long
@@ -145,12 +152,8 @@ def generate_tiny_world(output_dir: str | Path, config: TinyWorldConfig) -> dict
     files["distill/train.jsonl"] = [{"prompt": row["messages"][:-1]} for row in files["sft/train.jsonl"]]
     # The training calls as the chat template writes them, for the tokenizer to learn: without them it spells the
     # call's JSON a byte or two at a time (63 tokens), and SFT models misspell its keys (README, "Tool calls").
-    files["tokenizer/tool_calls.jsonl"] = [
-        {"text": "<tool_call>" + json.dumps({"name": call["function"]["name"],
-                                             "arguments": call["function"]["arguments"]}, ensure_ascii=False)
-                 + "</tool_call>"}
-        for row in files["sft/tools_train.jsonl"] for message in row["messages"]
-        for call in message["tool_calls"] or ()]
+    files["tokenizer/tool_calls.jsonl"] = [{"text": tool_call_text(call)} for row in files["sft/tools_train.jsonl"]
+                                           for message in row["messages"] for call in message["tool_calls"] or ()]
     manifest_files = {}
     for relpath in sorted(files):
         data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in files[relpath]).encode()

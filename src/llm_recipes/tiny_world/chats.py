@@ -92,6 +92,13 @@ def calculator_call(expression: str) -> dict:
     return {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
 
 
+def tool_call_text(call: dict) -> str:
+    """A tool call as recipes/templates/chatml.jinja writes it in an assistant turn."""
+    function = call["function"]
+    return ("<tool_call>" + json.dumps({"name": function["name"], "arguments": function["arguments"]},
+                                       ensure_ascii=False) + "</tool_call>")
+
+
 def tool_problem(rng: random.Random, pool: OperandPairs, split: str) -> Problem:
     """A one-step question for the calculator: 3-digit operands 40% of the time, where a tool really helps."""
     if rng.random() < 0.4:
