@@ -7,8 +7,10 @@ machines; a number quoted, or a margin asserted, should hold across it.
     python bench/seeds.py --seeds 1 2 3 --from sft         # post-training (SFT onwards) of the tiny chain in runs/tiny
     python bench/seeds.py --seeds 1 --from pretrain        # the whole chain from another pretraining seed
     python bench/seeds.py --seeds 1 2 3 --from data --overrides recipes/tiny/ci_short.yaml   # CI's short chain
+    python bench/seeds.py --seeds 1 2 3 --from sft --stages sft reward generate_preferences dpo ppo grpo \
+        eval_sft eval_dpo eval_ppo eval_grpo                # the lab's post-training only
 
-Each seed runs in its own folder, runs/seeds/<name>/seed-<N>/, through the same runner, scripts and recipes; the
+Each seed runs in its own folder, runs/seeds/<name>/seed-<N>/ under `--base`, through the same runner, scripts and recipes; the
 stages before `--from` are the finished ones of `--base` (linked, not rerun), and every training stage from `--from`
 on gets `seed: N`. The summary (runs/seeds/<name>/summary.md and .json) has, for every number each stage wrote in
 its `stage_complete.json` and every headline lm-eval score, its value per seed, mean and sample standard deviation.
@@ -100,15 +102,22 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="start", required=True, help="first stage run under each seed")
     parser.add_argument("--overrides", help="overrides file merged into every seed's stages (a shorter chain)")
     parser.add_argument("--base", default=".", help="folder holding the finished stages before --from")
+    parser.add_argument("--stages", nargs="+", help="run only these stages (from --from on, in the pipeline's "
+                        "order); default: every stage from --from on")
     parser.add_argument("--name", help="name of this sweep's folder under runs/seeds (default: from the options)")
     args = parser.parse_args(argv)
 
     pipeline = Pipeline.from_yaml(REPO / args.config)
     if args.overrides:
         pipeline = pipeline.with_overrides(REPO / args.overrides)
-    pipeline.select(start=args.start)  # names an unknown stage before anything runs
+    later = [stage.name for stage in pipeline.select(start=args.start)]  # names an unknown stage before anything runs
+    unknown = sorted(set(args.stages or []) - set(later))
+    if unknown:
+        parser.error(f"--stages: {', '.join(unknown)} not among the stages from '{args.start}' on: {', '.join(later)}")
+    # One runner call for the chain from --from, or one per chosen stage (`--only`), in the pipeline's order.
+    runs = [["--only", name] for name in later if name in args.stages] if args.stages else [["--from", args.start]]
     name = args.name or f"{Path(args.overrides).stem if args.overrides else 'full'}-from-{args.start}"
-    root = REPO / "runs/seeds" / name
+    root = Path(args.base).resolve() / "runs/seeds" / name  # beside the chain it branches from
     per_seed = {}
     for seed in args.seeds:
         workdir = root / f"seed-{seed}"
@@ -118,9 +127,11 @@ def main(argv=None) -> int:
                                                                sort_keys=False))
         print(f"[seeds] seed {seed} in {workdir}", flush=True)
         # Outputs are relative paths, so the chain runs in the seed's folder; scripts and recipes come from here.
-        status = subprocess.call([sys.executable, str(REPO / "scripts/run_pipeline.py"), "--config",
-                                  str(REPO / args.config), "--overrides", "overrides.yaml", "--from", args.start],
-                                 cwd=workdir)
+        status = 0
+        for selection in runs:
+            status = status or subprocess.call([sys.executable, str(REPO / "scripts/run_pipeline.py"), "--config",
+                                                str(REPO / args.config), "--overrides", "overrides.yaml", *selection],
+                                               cwd=workdir)
         if status:
             print(f"[seeds] seed {seed} failed (exit status {status}); see {workdir}/{pipeline.log_dir}")
             return status
