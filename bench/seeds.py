@@ -10,10 +10,11 @@ machines; a number quoted, or a margin asserted, should hold across it.
     python bench/seeds.py --seeds 1 2 3 --from sft --stages sft reward generate_preferences dpo ppo grpo \
         eval_sft eval_dpo eval_ppo eval_grpo                # the lab's post-training only
 
-Each seed runs in its own folder, runs/seeds/<name>/seed-<N>/ under `--base`, through the same runner, scripts and recipes; the
-stages before `--from` are the finished ones of `--base` (linked, not rerun), and every training stage from `--from`
-on gets `seed: N`. The summary (runs/seeds/<name>/summary.md and .json) has, for every number each stage wrote in
-its `stage_complete.json` and every headline lm-eval score, its value per seed, mean and sample standard deviation.
+Each seed runs in its own folder, runs/seeds/<name>/seed-<N>/ under `--base`, through the same runner, scripts and
+recipes; the stages before `--from` are the finished ones of `--base` (linked, not rerun), and every training stage
+from `--from` on gets `seed: N`. `--stages` runs only the stages named (from `--from` on). The summary
+(runs/seeds/<name>/summary.md and .json) has, for every number each stage wrote in its `stage_complete.json` and every
+headline lm-eval score, its value per seed, mean and sample standard deviation.
 """
 
 import argparse
