@@ -144,8 +144,9 @@ def cases(ws) -> list[dict]:
               {"model_name_or_path": str(model), "dataset_mixture": {"datasets": [str(data / "same_pair.jsonl")]}}),
         stage("pair_without_rejected", "dpo.py", "has no column 'rejected'",
               {"model_name_or_path": str(model), "dataset_mixture": {"datasets": [str(data / "no_rejected.jsonl")]}}),
-        stage("dpo_named_sets", "dpo.py", "dpo reports one held-out set", {"model_name_or_path": str(model),
-              "dataset_mixture": {**prefs, "eval_datasets": {"a": {"path": str(world / "preferences/train.jsonl")}}}}),
+        stage("where_column_typo", "dpo.py", "no column 'knid' named in `where:`; did you mean 'kind'",
+              {"model_name_or_path": str(model), "dataset_mixture": {**prefs, "eval_datasets": {"a": {
+                  "path": str(world / "preferences/train.jsonl"), "where": {"knid": "math"}}}}}),
         stage("reward_lm_eval", "reward.py", "lm_eval_tasks: a reward model scores text",
               {"model_name_or_path": str(model), "dataset_mixture": prefs, "lm_eval_tasks": ["tiny_arithmetic"]}),
         stage("reward_lora_head", "reward.py", "lora_task_type: SEQ_CLS", {"model_name_or_path": str(model),

@@ -68,6 +68,33 @@ def test_renamed_columns_satisfy_the_format(tmp_path):
     assert data["train"][0] == {"prompt": "1+1", "answer": "2"}
 
 
+def pairs_of_kinds(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b",
+                                                   "kind": kind} for i, kind in enumerate(["math", "tool", "math"])])
+
+
+def test_where_keeps_the_rows_of_one_kind_as_a_named_held_out_set(tmp_path):
+    path = pairs_of_kinds(tmp_path)
+    mixture = DatasetMixture.from_recipe({"datasets": [path], "eval_datasets": {
+        "math": {"path": path, "where": {"kind": "math"}, "columns": ["prompt", "chosen", "rejected"]},
+        "any": {"path": path, "where": {"kind": ["tool", "math"]}}}})
+    data, _ = build_mixture(mixture, "preference")
+    assert data["math"]["prompt"] == ["q0", "q2"] and data["math"].column_names == ["prompt", "chosen", "rejected"]
+    assert len(data["any"]) == 3 and len(data["train"]) == 3
+
+
+def test_where_on_a_missing_column_names_the_closest_one(tmp_path):
+    mixture = DatasetMixture.from_recipe({"datasets": [{"path": pairs_of_kinds(tmp_path), "where": {"kinds": "x"}}]})
+    with pytest.raises(DatasetFormatError, match="pairs.jsonl' has no column 'kinds'.*did you mean 'kind'"):
+        build_mixture(mixture, "preference")
+
+
+def test_where_that_keeps_no_row_is_refused(tmp_path):
+    mixture = DatasetMixture.from_recipe({"datasets": [{"path": pairs_of_kinds(tmp_path), "where": {"kind": "Math"}}]})
+    with pytest.raises(DatasetFormatError, match="no row has {'kind': 'Math'}"):
+        build_mixture(mixture, "preference")
+
+
 def test_declared_columns_are_checked_without_loading():
     mixture = DatasetMixture.from_recipe({"datasets": [{"path": "some-org/some-hub-dataset", "columns": ["text2"]}]})
     with pytest.raises(DatasetFormatError, match="'text'"):

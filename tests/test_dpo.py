@@ -70,7 +70,11 @@ def lora_run(parent, pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo_lora")
     recipe = write_recipe(out / "recipe.yaml", parent, pairs, out / "adapter",
                           extra="use_peft: true\nlora_r: 16\nlora_alpha: 32\nlora_target_modules: all-linear\n")
-    recipe.write_text(recipe.read_text().replace("learning_rate: 2.0e-3", "learning_rate: 1.0e-2"))
+    # Measured on two named sets, one file's rows split by kind with `where`.
+    named = (f"  eval_datasets:\n    math: {{path: {pairs}, where: {{kind: math}}, {PREFERENCE_COLUMNS}}}\n"
+             f"    other: {{path: {pairs}, where: {{kind: [tool, forbidden, benign]}}, {PREFERENCE_COLUMNS}}}\n")
+    recipe.write_text(recipe.read_text().replace("learning_rate: 2.0e-3", "learning_rate: 1.0e-2")
+                      .replace(f"  eval_datasets:\n    - {{path: {pairs}, {PREFERENCE_COLUMNS}}}\n", named))
     return out / "adapter", run_dpo(recipe)
 
 
@@ -133,6 +137,13 @@ def test_lora_adapter_reloads_with_peft_and_is_the_model_measured(lora_run, pare
     assert accuracy == pytest.approx(summary["eval_preference_accuracy"], abs=1 / len(examples))
     assert parent_accuracy == pytest.approx(summary["eval_preference_accuracy_before"], abs=1 / len(examples))
     assert accuracy > parent_accuracy + 0.1
+    # Each named set's accuracy is that of its own pairs.
+    assert summary["eval_pairs_per_set"] == {"math": sum(e["kind"] == "math" for e in examples),
+                                             "other": sum(e["kind"] != "math" for e in examples)}
+    for name, of_set in (("math", lambda e: e["kind"] == "math"), ("other", lambda e: e["kind"] != "math")):
+        in_set = [m for m, e in zip(margins, examples) if of_set(e)]
+        assert summary[f"eval_{name}_preference_accuracy"] == pytest.approx(sum(m > 0 for m in in_set) / len(in_set),
+                                                                            abs=1 / len(in_set))
 
 
 def test_pairs_without_rejected_are_named_before_any_model_loads(tiny_world, tmp_path):

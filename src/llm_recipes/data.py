@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import datasets
 
-from llm_recipes.recipe import RecipeError
+from llm_recipes.recipe import RecipeError, closest_key
 from llm_recipes.values import checked_values
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class DatasetSource:
     rename_columns: dict[str, str] | None = None
     weight: float = 1.0
     revision: str | None = None
+    # Keep only the rows whose columns hold these values ({flaw: answer_mismatch}; a list: any of them), read
+    # before `columns` selects: one file's rows can make several named held-out sets, one per kind.
+    where: dict[str, Any] | None = None
 
     def describe(self) -> str:
         files = self.data_files if isinstance(self.data_files, str) else None
@@ -236,6 +239,8 @@ def load_source(source: DatasetSource, fmt: str, streaming: bool = False):
     except FileNotFoundError as e:
         raise DatasetFormatError(f"Dataset '{source.describe()}' could not be found: {e}") from e
     columns = list(dataset.column_names or [])
+    if source.where:
+        dataset = keep_rows_where(dataset, source, columns)
     if source.columns is not None:
         missing = [c for c in source.columns if c not in columns]
         if missing:
@@ -252,6 +257,23 @@ def load_source(source: DatasetSource, fmt: str, streaming: bool = False):
         optional = ("tools", "margin")  # tool schemas of conversations; reward-model margins of preference pairs
         dataset = dataset.select_columns(list(needed) + [c for c in optional if c in dataset.column_names])
     return dataset
+
+
+def keep_rows_where(dataset, source: DatasetSource, columns: list[str]):
+    """The rows of `dataset` whose columns hold the values of `source.where`; refused if a column is missing or if
+    no row is left."""
+    wanted = {}
+    for column, value in source.where.items():
+        if column not in columns:
+            suggestion = closest_key(column, columns)
+            raise DatasetFormatError(f"Dataset '{source.describe()}' has no column '{column}' named in `where:`"
+                                     + (f"; did you mean '{suggestion}'?" if suggestion else "")
+                                     + f" (it has {', '.join(columns)}).")
+        wanted[column] = set(value) if isinstance(value, list) else {value}
+    kept = dataset.filter(lambda row: all(row[c] in values for c, values in wanted.items()))
+    if not isinstance(kept, datasets.IterableDataset) and len(kept) == 0:
+        raise DatasetFormatError(f"Dataset '{source.describe()}': no row has {source.where} (`where:`).")
+    return kept
 
 
 def _merged_feature(a, b, column: str):

@@ -62,10 +62,12 @@ class PairAccuracyCallback(TrainerCallback):
 
 
 class PreferenceCallback(TrainerCallback):
-    """`eval_preference_accuracy` and `eval_logp_margin` (summed over each reply's tokens) of a DPO policy."""
+    """`eval_preference_accuracy` and `eval_logp_margin` (summed over each reply's tokens) of a DPO policy, and
+    with `set_sizes` (the named held-out sets, in the order they were concatenated) each set's
+    `eval_<name>_preference_accuracy`."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, trainer, set_sizes: dict[str, int] | None = None):
+        self.trainer, self.set_sizes = trainer, set_sizes or {}
 
     @torch.no_grad()
     def on_evaluate(self, args, state, control, **kwargs):
@@ -83,5 +85,9 @@ class PreferenceCallback(TrainerCallback):
             differences.append(self.trainer.accelerator.gather_for_metrics(chosen - rejected).float())
         model.train(was_training)
         differences = torch.cat(differences)
-        self.trainer.log({"eval_preference_accuracy": (differences > 0).float().mean().item(),
-                          "eval_logp_margin": differences.mean().item()})
+        metrics = {"eval_preference_accuracy": (differences > 0).float().mean().item(),
+                   "eval_logp_margin": differences.mean().item()}
+        # The evaluation loader keeps the held-out order, so each named set is a slice of the differences.
+        for name, part in zip(self.set_sizes, differences.split(list(self.set_sizes.values()))):
+            metrics[f"eval_{name}_preference_accuracy"] = (part > 0).float().mean().item()
+        self.trainer.log(metrics)

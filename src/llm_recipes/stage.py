@@ -36,7 +36,7 @@ class StageArguments:
     dataset_mixture: dict | None = field(
         default=None,
         metadata={"help": "Datasets to train on and how to mix them: a mapping with `datasets` (a list of "
-                  "{path, data_files, split, columns, rename_columns, weight}), and optionally `eval_datasets`, "
+                  "{path, data_files, split, columns, rename_columns, where, weight}), and optionally `eval_datasets`, "
                   "`test_split_size`, `max_examples`, `max_tokens`, `seed`. See README."},
     )
     tokenizer_name_or_path: str | None = field(
