@@ -314,7 +314,7 @@ SEED_HEADLINES = ("tiny_sft_tier", "tiny_rl_tier", "tiny_passkey", "tiny_safety_
                   "tiny_safety_overrefusal",
                   "tiny_tool_call", "eval_pass@1_before", "eval_pass@1", "eval_pass@8_before", "eval_pass@8",
                   "eval_greedy_accuracy_before", "eval_greedy_accuracy", "eval_kl", "pair_accuracy",
-                  "eval_accuracy", "eval_preference_accuracy_before", "eval_preference_accuracy")
+                  "eval_accuracy", "preference_accuracy_before", "preference_accuracy")  # DPO: overall and per set
 
 
 def seeds_table(summary_path: Path) -> str:
