@@ -88,6 +88,7 @@ class PreferenceCallback(TrainerCallback):
         metrics = {"eval_preference_accuracy": (differences > 0).float().mean().item(),
                    "eval_logp_margin": differences.mean().item()}
         # The evaluation loader keeps the held-out order, so each named set is a slice of the differences.
-        for name, part in zip(self.set_sizes, differences.split(list(self.set_sizes.values()))):
-            metrics[f"eval_{name}_preference_accuracy"] = (part > 0).float().mean().item()
+        if self.set_sizes:
+            for name, part in zip(self.set_sizes, differences.split(list(self.set_sizes.values()))):
+                metrics[f"eval_{name}_preference_accuracy"] = (part > 0).float().mean().item()
         self.trainer.log(metrics)
