@@ -53,11 +53,14 @@ def seeded_overrides(pipeline: Pipeline, seed: int, start: str) -> dict:
     return {"stages": stages}
 
 
-def link_upstream(pipeline: Pipeline, start: str, base: Path, workdir: Path) -> None:
-    """Point the stages before `start` at the finished outputs in `base`, so they are skipped, not rerun."""
+def link_upstream(pipeline: Pipeline, start: str, base: Path, workdir: Path, every: bool = True) -> None:
+    """Point the stages before `start` at the finished outputs in `base`, so they are skipped, not rerun. With
+    `every` false (chosen stages only), unfinished ones are left out: a chosen stage that reads one fails naming it."""
     for stage in pipeline.stages[:[s.name for s in pipeline.stages].index(start)]:
         source, target = base / stage.output_dir, workdir / stage.output_dir
         if not (source / COMPLETE_MARKER).is_file():
+            if not every:
+                continue
             sys.exit(f"error: {source} is not a finished stage; run the chain up to '{start}' in {base} first.")
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         workdir = root / f"seed-{seed}"
         workdir.mkdir(parents=True, exist_ok=True)
-        link_upstream(pipeline, args.start, Path(args.base).resolve(), workdir)
+        link_upstream(pipeline, args.start, Path(args.base).resolve(), workdir, every=not args.stages)
         (workdir / "overrides.yaml").write_text(yaml.safe_dump(seeded_overrides(pipeline, seed, args.start),
                                                                sort_keys=False))
         print(f"[seeds] seed {seed} in {workdir}", flush=True)

@@ -35,8 +35,9 @@ def base(tmp_path):
     script.write_text(STAGE_SCRIPT)
     stages = "\n".join(f"  - {{name: {name}, script: {script}, output_dir: out/{name}, launcher: python"
                        + (", args: {upstream: '{first}'}}" if name != "first" else "}")
-                       for name in ("first", "second", "third", "fourth"))
+                       for name in ("first", "aside", "second", "third", "fourth"))
     (tmp_path / "pipeline.yaml").write_text(f"log_dir: logs\nstages:\n{stages}\n")
+    # "aside" (before --from, never run) is what pretrain_moe is to post-training: no chosen stage reads it.
     (tmp_path / "out/first").mkdir(parents=True)
     (tmp_path / "out/first/stage_complete.json").write_text(json.dumps({"score": 1}))
     return tmp_path
@@ -54,6 +55,7 @@ def test_only_the_chosen_stages_run_in_each_seed_folder(base, capsys):
         assert made[0]["upstream"] == "out/first"
         assert (root / f"seed-{seed}/out/first").resolve() == (base / "out/first").resolve()
         assert not (root / f"seed-{seed}/out/third").exists()
+        assert not (root / f"seed-{seed}/out/aside").exists()
     summary = json.loads((root / "summary.json").read_text())
     assert summary["1"]["second/score"] == len("out/second")
 
@@ -65,3 +67,9 @@ def test_an_unknown_stage_is_refused_before_anything_runs(base, capsys):
                     "--from", "second", "--stages", "thrid"])
     assert "thrid not among the stages from 'second' on: second, third, fourth" in capsys.readouterr().err
     assert not (base / "runs").exists()
+
+
+def test_the_whole_chain_from_a_stage_needs_every_earlier_stage_finished(base):
+    seeds = load_seeds()
+    with pytest.raises(SystemExit, match="out/aside is not a finished stage; run the chain up to 'second'"):
+        seeds.main(["--config", str(base / "pipeline.yaml"), "--base", str(base), "--seeds", "1", "--from", "second"])
