@@ -135,3 +135,65 @@ def test_a_list_arg_is_given_as_separate_values(workdir):
     pipeline.stages[2].args = {"reward_weights": [1.0, 0.5], "upstream": "{second}"}
     cmd = command(pipeline, pipeline.stages[2], {s.name: s.output_dir for s in pipeline.stages})
     assert cmd[-5:] == ["--reward_weights", "1.0", "0.5", "--upstream", "out/second"]
+
+
+# A stage script that records what it was started with: whether the libraries were already imported (a warm fork),
+# its argv, __name__, and the environment that `accelerate launch` sets.
+RECORDING_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    warm = "torch" in sys.modules  # read before this script imports anything
+    out = sys.argv[sys.argv.index("--output_dir") + 1]
+    os.makedirs(out, exist_ok=True)
+    if "--mode" in sys.argv and sys.argv[sys.argv.index("--mode") + 1] == "raise":
+        raise ValueError("a stage that raised")
+    seen = {"warm": warm, "argv": sys.argv[1:], "name": __name__, "path0": sys.path[0],
+            "env": {k: v for k, v in os.environ.items() if k.startswith(("ACCELERATE_", "KMP_", "PYTHONUNBUFFERED"))}}
+    json.dump(seen, open(os.path.join(out, "seen.json"), "w"))
+    json.dump({}, open(os.path.join(out, "stage_complete.json"), "w"))
+    print("stage printed this")
+""")
+
+
+def run_pipeline_script(workdir, *flags):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts/run_pipeline.py"), "--config",
+                           str(workdir / "pipeline.yaml"), *flags], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_a_warm_stage_starts_as_its_cold_command_would(workdir):
+    from conftest import REPO_ROOT
+
+    (workdir / "record.py").write_text(RECORDING_SCRIPT)
+    (workdir / "pipeline.yaml").write_text(textwrap.dedent(f"""
+        accelerate_config: {REPO_ROOT}/accelerate_configs/cpu.yaml
+        log_dir: logs
+        stages:
+          - {{name: trained, script: record.py, output_dir: out/trained, args: {{seed: 3}}}}
+          - {{name: evaluated, script: record.py, output_dir: out/evaluated, launcher: python}}
+          - {{name: broken, script: record.py, output_dir: out/broken, launcher: python, args: {{mode: raise}}}}
+    """))
+    seen = {}
+    for flags in ((), ("--cold",)):
+        result = run_pipeline_script(workdir, *flags)
+        # The failure of the last stage is reported as a script's would be: its status, its traceback in its log.
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "[trained] stage printed this" in result.stdout
+        assert "ValueError: a stage that raised" in (workdir / "logs/broken.log").read_text()
+        seen[flags] = {name: json.loads((workdir / f"out/{name}/seen.json").read_text())
+                       for name in ("trained", "evaluated")}
+        for folder in ("out", "logs"):
+            import shutil
+            shutil.rmtree(workdir / folder)
+    warm, cold = seen[()], seen[("--cold",)]
+    assert all(s["warm"] for s in warm.values()) and not any(s["warm"] for s in cold.values())
+    for name in ("trained", "evaluated"):
+        assert {k: v for k, v in warm[name].items() if k != "warm"} == {k: v for k, v in cold[name].items()
+                                                                          if k != "warm"}, name
+    assert warm["trained"]["env"]["ACCELERATE_USE_CPU"] == "True"  # accelerate's environment, in both
+    assert warm["trained"]["argv"][-2:] == ["--seed", "3"] and warm["trained"]["name"] == "__main__"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from llm_recipes import warm_start
 from llm_recipes.recipe import RecipeError, closest_key, repo_path, unknown_key_message
 from llm_recipes.stage import COMPLETE_MARKER, is_complete
 
@@ -188,8 +189,13 @@ def command(pipeline: Pipeline, stage: PipelineStep, outputs: dict[str, str]) ->
     return cmd
 
 
-def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, echo=print) -> int:
-    """Run `stages` in order; return 0, or the exit status of the first stage that failed."""
+def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, echo=print,
+        warm: bool = False) -> int:
+    """Run `stages` in order; return 0, or the exit status of the first stage that failed. `warm`: fork each stage
+    from this interpreter once it has imported the libraries (llm_recipes.warm_start), instead of starting each
+    anew; the runner must then be a process of its own (scripts/run_pipeline.py), not one with threads of its own."""
+    warm = warm and warm_start.available()
+    preloaded = False
     outputs = {s.name: s.output_dir for s in pipeline.stages}
     log_dir = Path(pipeline.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -206,16 +212,30 @@ def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, ech
         log_path = log_dir / f"{stage.name}.log"
         resumed = " (resuming)" if Path(stage.output_dir).exists() else ""
         echo(f"[{stage.name}] {shlex.join(cmd)}{resumed}")
+        if warm and not preloaded:
+            started = time.time()
+            warm_start.preload()
+            preloaded = True
+            echo(f"[pipeline] libraries imported once in {time.time() - started:.0f}s; each stage is forked from here")
         started = time.time()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log_path, "a") as log:
             log.write(f"\n$ {shlex.join(cmd)}\n")
             log.flush()
-            process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            for line in process.stdout:
-                log.write(line)
-                echo(f"[{stage.name}] {line.rstrip()}")
-            status = process.wait()
+            if warm:
+                pid, output = warm_start.start(cmd, env)
+                with open(output, errors="backslashreplace") as lines:
+                    for line in lines:
+                        log.write(line)
+                        echo(f"[{stage.name}] {line.rstrip()}")
+                status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            else:
+                process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           env=env)
+                for line in process.stdout:
+                    log.write(line)
+                    echo(f"[{stage.name}] {line.rstrip()}")
+                status = process.wait()
         if status != 0 or not is_complete(stage.output_dir):
             reason = f"exit status {status}" if status else "no stage_complete.json was written"
             echo(f"[{stage.name}] FAILED ({reason}); see {log_path}")
