@@ -137,11 +137,11 @@ def test_a_list_arg_is_given_as_separate_values(workdir):
     assert cmd[-5:] == ["--reward_weights", "1.0", "0.5", "--upstream", "out/second"]
 
 
-# A stage script that records what it was started with: whether the libraries were already imported (a warm fork),
-# its argv, __name__, and the environment that `accelerate launch` sets.
+# A stage script that records what it was started with: whether it was forked from the runner (which has imported
+# the pipeline module), its argv, __name__, and the environment that `accelerate launch` sets.
 RECORDING_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    warm = "torch" in sys.modules  # read before this script imports anything
+    warm = "llm_recipes.pipeline" in sys.modules  # read before this script imports anything
     out = sys.argv[sys.argv.index("--output_dir") + 1]
     os.makedirs(out, exist_ok=True)
     if "--mode" in sys.argv and sys.argv[sys.argv.index("--mode") + 1] == "raise":

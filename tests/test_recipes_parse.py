@@ -63,18 +63,27 @@ def test_ci_short_chain_overrides_parse_in_every_stage_they_shorten():
 
 
 @functools.cache
-def task_manager(include_path: str | None):
-    """lm-eval indexes its whole registry (~15 s) for each TaskManager; build one per include path."""
+def lm_eval_index(include_path: str | None, with_registry: bool):
+    """lm-eval indexes its whole registry (~15 s) for each TaskManager; build each index once."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=repo_path(include_path) if include_path else None)
+    include = repo_path(include_path) if include_path else None
+    return TaskManager(include_path=include, include_defaults=with_registry)
+
+
+def task_manager(include_path: str | None, tasks: list[str]):
+    """As scripts/evaluate.py finds tasks (llm_recipes.evaluation.find_tasks): in the include path alone when every
+    task is there, else with lm-eval's registry too."""
+    if include_path and all(lm_eval_index(include_path, False).match_tasks([task]) for task in tasks):
+        return lm_eval_index(include_path, False)
+    return lm_eval_index(include_path, True)
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").rglob("eval*.yaml")),
                          ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
 def test_eval_recipe_tasks_resolve_in_lm_eval_registry_offline(recipe: Path):
     (args,) = RecipeParser(load_script("evaluate").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
-    manager = task_manager(args.include_path)
+    manager = task_manager(args.include_path, args.tasks + args.chat_tasks)
     for task in args.tasks + args.chat_tasks:
         assert manager.match_tasks([task]) == [task], f"{recipe}: task {task} is not in lm-eval's registry"
 
@@ -83,4 +92,4 @@ def test_eval_recipe_tasks_resolve_in_lm_eval_registry_offline(recipe: Path):
                          ids=lambda p: str(p.relative_to(REPO_ROOT / "recipes")))
 def test_export_recipe_scores_a_task_in_lm_eval_registry_offline(recipe: Path):
     (args,) = RecipeParser(load_script("export").ARGUMENTS).parse_or_raise(["--config", str(recipe)])
-    assert task_manager(args.include_path).match_tasks([args.eval_task]) == [args.eval_task]
+    assert task_manager(args.include_path, [args.eval_task]).match_tasks([args.eval_task]) == [args.eval_task]

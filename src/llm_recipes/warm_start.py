@@ -21,8 +21,9 @@ import traceback
 from pathlib import Path
 
 ACCELERATE_LAUNCH = ["-m", "accelerate.commands.launch"]
-# What the stage scripts import at their top and through their trainers; a module that is not installed (an
-# optional extra) is left to the stage that needs it.
+STAGE_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+# What the repository's stage scripts import at their top and through their trainers; a module that is not
+# installed (an optional extra) is left to the stage that needs it.
 MODULES = ["torch", "transformers", "transformers.modeling_utils", "transformers.trainer", "datasets", "peft",
            "accelerate", "accelerate.commands.launch", "trl", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
            "trl.trainer.grpo_trainer", "trl.trainer.reward_trainer", "lm_eval.evaluator",
@@ -32,6 +33,12 @@ MODULES = ["torch", "transformers", "transformers.modeling_utils", "transformers
 def available() -> bool:
     """Forking is the POSIX way (Linux here), and is refused where a GPU driver is present."""
     return sys.platform == "linux" and not Path("/dev/nvidiactl").exists()
+
+
+def imports_the_stack(script: str) -> bool:
+    """Whether `script` is one of the repository's stage scripts, which import what `preload` imports. Another
+    script (a user's own, a test's) is forked all the same, and imports what it needs itself."""
+    return Path(script).resolve().parent == STAGE_SCRIPTS
 
 
 def preload() -> None:
