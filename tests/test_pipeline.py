@@ -1,9 +1,13 @@
 """The pipeline runner runs stages in order, skips finished ones, resumes cut-off ones and stops at a failure."""
 
 import json
+import shutil
+import subprocess
+import sys
 import textwrap
 
 import pytest
+from conftest import REPO_ROOT
 
 from llm_recipes.pipeline import Pipeline, run
 from llm_recipes.recipe import RecipeError
@@ -155,11 +159,6 @@ RECORDING_SCRIPT = textwrap.dedent("""
 
 
 def run_pipeline_script(workdir, *flags):
-    import subprocess
-    import sys
-
-    from conftest import REPO_ROOT
-
     return subprocess.run([sys.executable, str(REPO_ROOT / "scripts/run_pipeline.py"), "--config",
                            str(workdir / "pipeline.yaml"), *flags], cwd=workdir, capture_output=True, text=True,
                           timeout=300)
@@ -167,8 +166,6 @@ def run_pipeline_script(workdir, *flags):
 
 @pytest.mark.slow
 def test_a_warm_stage_starts_as_its_cold_command_would(workdir):
-    from conftest import REPO_ROOT
-
     (workdir / "record.py").write_text(RECORDING_SCRIPT)
     (workdir / "pipeline.yaml").write_text(textwrap.dedent(f"""
         accelerate_config: {REPO_ROOT}/accelerate_configs/cpu.yaml
@@ -188,7 +185,6 @@ def test_a_warm_stage_starts_as_its_cold_command_would(workdir):
         seen[flags] = {name: json.loads((workdir / f"out/{name}/seen.json").read_text())
                        for name in ("trained", "evaluated")}
         for folder in ("out", "logs"):
-            import shutil
             shutil.rmtree(workdir / folder)
     warm, cold = seen[()], seen[("--cold",)]
     assert all(s["warm"] for s in warm.values()) and not any(s["warm"] for s in cold.values())

@@ -225,20 +225,13 @@ def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, ech
         with open(log_path, "a") as log:
             log.write(f"\n$ {shlex.join(cmd)}\n")
             log.flush()
-            if warm:
-                pid, output = warm_start.start(cmd, env)
-                with open(output, errors="backslashreplace") as lines:
-                    for line in lines:
-                        log.write(line)
-                        echo(f"[{stage.name}] {line.rstrip()}")
-                status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            else:
-                process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                           env=env)
+            process = warm_start.start(cmd, env) if warm else subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            with process.stdout:
                 for line in process.stdout:
                     log.write(line)
                     echo(f"[{stage.name}] {line.rstrip()}")
-                status = process.wait()
+            status = process.wait()
         if status != 0 or not is_complete(stage.output_dir):
             reason = f"exit status {status}" if status else "no stage_complete.json was written"
             echo(f"[{stage.name}] FAILED ({reason}); see {log_path}")

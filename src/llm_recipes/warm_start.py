@@ -49,16 +49,28 @@ def preload() -> None:
             pass
 
 
-def start(cmd: list[str], env: dict) -> tuple[int, int]:
+class ForkedStage:
+    """A forked stage as the runner sees a `subprocess.Popen` one: `stdout`, its stdout and stderr as lines of
+    text, and `wait()`, its exit status (minus the signal that killed it)."""
+
+    def __init__(self, pid: int, read_end: int):
+        self.pid = pid
+        self.stdout = open(read_end, errors="backslashreplace")
+
+    def wait(self) -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def start(cmd: list[str], env: dict) -> ForkedStage:
     """Fork a process that runs `cmd` (a `python script.py ...` or `python -m accelerate.commands.launch ...`
-    command) with `env`; return its pid and the read end of a pipe that carries its stdout and stderr."""
+    command) with `env`."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
         os.close(write_end)
-        return pid, read_end
+        return ForkedStage(pid, read_end)
     # The child. Nothing here may return into the runner: every way out is os._exit.
     status = 1
     try:
