@@ -4,11 +4,11 @@
 
 Each run is a fresh process of `scripts/prepare_data.py --config recipes/tiny/prepare_data.yaml` (needs
 `runs/tiny/data`, from the chain's `data` stage). `ours` is the recipe as shipped; `datatrove` is the same recipe
-with datatrove's GopherRepetitionFilter and libphonenumber's plain PhoneNumberMatcher put back (patched in before the
-script runs), fastText's default number of hash buckets for the classifier, and spaCy imported when the filters
-first need it rather than while fastText trains. Both must write the same dataset (the same pages, text and
-metadata): the table says whether they did. Wall time counts the process (imports included); stage time is the
-stage's own `seconds` (classifier training and the datatrove jobs).
+with datatrove's GopherRepetitionFilter and C4QualityFilter and libphonenumber's plain PhoneNumberMatcher put back
+(patched in before the script runs), fastText's default number of hash buckets for the classifier, and spaCy
+imported when the filters first need it rather than while fastText trains. Both must write the same dataset (the
+same pages, text and metadata): the table says whether they did. Wall time counts the process (imports included);
+stage time is the stage's own `seconds` (classifier training and the datatrove jobs).
 """
 
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/tiny/prepare_data.yaml"
 
-# What `datatrove` runs: the script's main, after the two faster parts are swapped for the stock ones.
+# What `datatrove` runs: the script's main, after the faster parts are swapped for the stock ones.
 STOCK = """
 import importlib, sys, threading, phonenumbers
 start = threading.Thread.start
@@ -32,9 +32,10 @@ def start_unless_spacy_import(thread):  # the script's thread that imports spaCy
     if not (thread._target is importlib.import_module and thread._args == ("spacy",)):
         start(thread)
 threading.Thread.start = start_unless_spacy_import
-from datatrove.pipeline.filters import GopherRepetitionFilter
+from datatrove.pipeline.filters import C4QualityFilter, GopherRepetitionFilter
 from llm_recipes.curation import config, steps
 config.QUALITY_FILTERS["gopher_repetition"] = GopherRepetitionFilter
+config.QUALITY_FILTERS["c4_quality"] = C4QualityFilter
 steps.phone_number_matcher = lambda text, region: phonenumbers.PhoneNumberMatcher(
     text, region, leniency=phonenumbers.Leniency.VALID)
 sys.argv = ["prepare_data.py"] + sys.argv[1:]

@@ -440,6 +440,32 @@ def test_the_fast_repetition_filter_decides_as_datatroves(tiny_world):
                                                  for w in words]
 
 
+def test_the_fast_c4_filter_decides_and_rewrites_as_datatroves(tiny_world):
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter
+
+    from llm_recipes.curation.c4 import FastC4QualityFilter
+    from llm_recipes.curation.words import fast_word_tokenizer
+
+    texts = [row["text"] for name in ("web.jsonl", "web_more.jsonl") for row in raw_rows(tiny_world, name)]
+    # What is decided after the fifth sentence still counts: a bracket or "lorem ipsum" late in a page drops it.
+    late = "One. Two. Three. Four. Five.\nSix and seven."
+    texts += [late + "\nThen {x}.", late + "\nLorem ipsum dolor.", "Only one sentence here.", "", "Hi.\n\nYo"]
+    tokenizer = fast_word_tokenizer("en")
+    settings = [{}, {"filter_no_terminal_punct": False, "min_words_per_line": -1},  # datatrove's, the recipe's
+                {"split_paragraph": False}, {"min_num_sentences": -1}]
+    for kwargs in settings:
+        theirs = C4QualityFilter(language=tokenizer, **kwargs)
+        ours = FastC4QualityFilter(language=tokenizer, **kwargs)
+        for text in texts:
+            their_page, our_page = Document(text=text, id="0"), Document(text=text, id="0")
+            assert ours.filter(our_page) == theirs.filter(their_page)
+            assert our_page.text == their_page.text
+        counts = [{key: stat.total for key, stat in step.stats.stats.items()} for step in (theirs, ours)]
+        assert counts[0] == counts[1]
+        assert 0 < sum(theirs.filter(Document(text=text, id="0")) is not True for text in texts) < len(texts)
+
+
 def test_the_phone_matcher_finds_what_libphonenumbers_finds(tiny_world):
     import phonenumbers
 

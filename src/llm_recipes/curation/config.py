@@ -14,15 +14,12 @@ import pyarrow.parquet as pq
 from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import MinhashConfig
-from datatrove.pipeline.filters import (
-    C4QualityFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-)
+from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
 
+from llm_recipes.curation.c4 import FastC4QualityFilter
 from llm_recipes.curation.repetition import FastGopherRepetitionFilter
 from llm_recipes.recipe import RecipeError, unknown_key_message
 from llm_recipes.values import checked_values
@@ -31,7 +28,7 @@ from llm_recipes.values import checked_values
 QUALITY_FILTERS = {
     "gopher_repetition": FastGopherRepetitionFilter,  # datatrove's, same decisions, n-grams counted in numpy
     "gopher_quality": GopherQualityFilter,
-    "c4_quality": C4QualityFilter,
+    "c4_quality": FastC4QualityFilter,  # datatrove's, same decisions, sentences counted up to the minimum
     "fineweb_quality": FineWebQualityFilter,
 }
 FORMATS = ("jsonl", "parquet", "hub")
