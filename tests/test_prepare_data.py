@@ -466,6 +466,51 @@ def test_the_fast_c4_filter_decides_and_rewrites_as_datatroves(tiny_world):
         assert 0 < sum(theirs.filter(Document(text=text, id="0")) is not True for text in texts) < len(texts)
 
 
+def test_decontamination_names_the_same_eval_set_as_a_scan_by_first_token(tiny_world):
+    """The filter looks eval n-grams up by their first few tokens; a plain scan by the first token alone, in the
+    order the eval sets were read, must find the same pages and name the same set."""
+    import random
+
+    from datatrove.data import Document
+
+    from llm_recipes.curation.config import DecontaminationSettings, EvalSet
+    from llm_recipes.curation.steps import DecontaminationFilter, eval_tokens
+
+    names = ("arithmetic", "word_problems", "three_digit", "two_step")
+    eval_sets = [EvalSet(path=str(tiny_world / "eval" / f"{name}.jsonl")) for name in names]
+    questions = [text for eval_set in eval_sets for text in eval_set.texts()]
+    rng = random.Random(0)
+    pages = [row["text"] for row in raw_rows(tiny_world, "web.jsonl")[:400]]
+    pages += [f"{rng.choice(pages)[:300]} {rng.choice(questions)} {rng.choice(questions)[:40]}" for _ in range(200)]
+    for n_grams, min_tokens in ((32, 5), (13, 5), (6, 3), (3, 1)):
+        settings = DecontaminationSettings(eval_sets=eval_sets, n_grams=n_grams, min_tokens=min_tokens)
+        starts = {}  # the scan: first token -> {length: {n-gram: label}}
+        for eval_set in eval_sets:
+            for text in eval_set.texts():
+                tokens = eval_tokens(text)
+                if len(tokens) >= min_tokens:
+                    length = min(n_grams, len(tokens))
+                    for i in range(len(tokens) - length + 1):
+                        gram = " ".join(tokens[i:i + length])
+                        starts.setdefault(tokens[i], {}).setdefault(length, {})[gram] = eval_set.label
+
+        def scan(text, starts=starts):
+            tokens = eval_tokens(text)
+            for i, token in enumerate(tokens):
+                for length, grams in starts.get(token, {}).items():
+                    if " ".join(tokens[i:i + length]) in grams:
+                        return grams[" ".join(tokens[i:i + length])]
+            return None
+
+        step = DecontaminationFilter(settings)
+        expected = [scan(page) for page in pages]
+        assert sum(label is not None for label in expected) >= 150
+        for page, label in zip(pages, expected):
+            doc = Document(text=page, id="0")
+            assert step.filter(doc) == (True if label is None else (False, f"contaminated_{label}"))
+            assert doc.metadata.get("contaminated_with") == label
+
+
 def test_the_phone_matcher_finds_what_libphonenumbers_finds(tiny_world):
     import phonenumbers
 

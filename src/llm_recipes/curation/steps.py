@@ -142,10 +142,11 @@ class DecontaminationFilter(BaseFilter):
     def __init__(self, settings: DecontaminationSettings, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.settings = settings
-        self._starts = None  # first token -> {length: {n-gram: eval set label}}
+        self._starts = None  # first `_key_length` tokens -> {length: {n-gram: eval set label}}
+        self._key_length = 1
 
     def _load(self):
-        self._starts = {}
+        by_first_token = {}
         for eval_set in self.settings.eval_sets:
             for text in eval_set.texts():
                 tokens = eval_tokens(text)
@@ -154,14 +155,25 @@ class DecontaminationFilter(BaseFilter):
                 length = min(self.settings.n_grams, len(tokens))
                 for i in range(len(tokens) - length + 1):
                     gram = tokens[i:i + length]
-                    self._starts.setdefault(gram[0], {}).setdefault(length, {})[" ".join(gram)] = eval_set.label
+                    by_first_token.setdefault(gram[0], {}).setdefault(length, {})[" ".join(gram)] = eval_set.label
+        # Keyed by the first few tokens, not the first one: a page's common words ("what", a number) start many
+        # eval n-grams, and each candidate costs a join of up to n tokens. Lengths keep the order they had under
+        # the first token, so that where two match at one place the same eval set is named as before.
+        lengths = [length for grams in by_first_token.values() for length in grams]
+        self._key_length = min([4, *lengths])
+        self._starts = {}
+        for grams_by_length in by_first_token.values():
+            for length, grams in grams_by_length.items():
+                for gram, label in grams.items():
+                    key = tuple(gram.split(" ")[:self._key_length])
+                    self._starts.setdefault(key, {}).setdefault(length, {})[gram] = label
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._starts is None:
             self._load()
         tokens = eval_tokens(doc.text)
-        for i, token in enumerate(tokens):
-            for length, grams in self._starts.get(token, {}).items():
+        for i, key in enumerate(zip(*(tokens[j:] for j in range(self._key_length)))):
+            for length, grams in self._starts.get(key, {}).items():
                 label = grams.get(" ".join(tokens[i:i + length]))
                 if label is not None:
                     doc.metadata["contaminated_with"] = label
