@@ -28,10 +28,11 @@ RECIPE = REPO / "recipes/tiny/prepare_data.yaml"
 STOCK = """
 import importlib, sys, threading, phonenumbers
 start = threading.Thread.start
-def start_unless_spacy_import(thread):  # the script's thread that imports spaCy while fastText trains: not started
-    if not (thread._target is importlib.import_module and thread._args == ("spacy",)):
-        start(thread)
-threading.Thread.start = start_unless_spacy_import
+def start_without_spacy_import(thread):  # the script's thread that imports spaCy while fastText trains: idle
+    if thread._target is importlib.import_module and thread._args == ("spacy",):
+        thread._target = lambda name: None
+    start(thread)
+threading.Thread.start = start_without_spacy_import
 from datatrove.pipeline.filters import C4QualityFilter, GopherRepetitionFilter
 from llm_recipes.curation import config, steps
 config.QUALITY_FILTERS["gopher_repetition"] = GopherRepetitionFilter
@@ -64,7 +65,9 @@ def run_once(variant: str, output_dir: Path) -> dict:
     recipe.write_text(text)
     command = [sys.executable, "scripts/prepare_data.py"] if variant == "ours" else [sys.executable, "-c", STOCK]
     started = time.perf_counter()
-    subprocess.run(command + ["--config", str(recipe)], cwd=REPO, check=True, capture_output=True)
+    run = subprocess.run(command + ["--config", str(recipe)], cwd=REPO, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"The {variant} run failed:\n{run.stderr[-3000:]}")
     wall = time.perf_counter() - started
     summary = json.loads((output_dir / "stage_complete.json").read_text())
     return {"wall": wall, "stage": summary["seconds"], "documents_in": summary["documents_in"],

@@ -165,15 +165,15 @@ class DecontaminationFilter(BaseFilter):
         for grams_by_length in by_first_token.values():
             for length, grams in grams_by_length.items():
                 for gram, label in grams.items():
-                    key = tuple(gram.split(" ")[:self._key_length])
+                    key = " ".join(gram.split(" ")[:self._key_length])  # str keys: datatrove saves steps as JSON
                     self._starts.setdefault(key, {}).setdefault(length, {})[gram] = label
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._starts is None:
             self._load()
         tokens = eval_tokens(doc.text)
-        for i, key in enumerate(zip(*(tokens[j:] for j in range(self._key_length)))):
-            for length, grams in self._starts.get(key, {}).items():
+        for i in range(len(tokens) - self._key_length + 1):
+            for length, grams in self._starts.get(" ".join(tokens[i:i + self._key_length]), {}).items():
                 label = grams.get(" ".join(tokens[i:i + length]))
                 if label is not None:
                     doc.metadata["contaminated_with"] = label
