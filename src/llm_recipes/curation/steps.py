@@ -143,7 +143,8 @@ class DecontaminationFilter(BaseFilter):
         super().__init__(exclusion_writer)
         self.settings = settings
         self._starts = None  # first `_key_length` tokens -> {length: {n-gram: eval set label}}
-        self._key_length = 1
+        # No n-gram is shorter than this: each has `n_grams` tokens, or all of an item's (at least `min_tokens`).
+        self._key_length = min(4, settings.n_grams, settings.min_tokens)
 
     def _load(self):
         by_first_token = {}
@@ -159,8 +160,6 @@ class DecontaminationFilter(BaseFilter):
         # Keyed by the first few tokens, not the first one: a page's common words ("what", a number) start many
         # eval n-grams, and each candidate costs a join of up to n tokens. Lengths keep the order they had under
         # the first token, so that where two match at one place the same eval set is named as before.
-        lengths = [length for grams in by_first_token.values() for length in grams]
-        self._key_length = min([4, *lengths])
         self._starts = {}
         for grams_by_length in by_first_token.values():
             for length, grams in grams_by_length.items():
