@@ -193,3 +193,89 @@ def test_a_warm_stage_starts_as_its_cold_command_would(workdir):
                                                                           if k != "warm"}, name
     assert warm["trained"]["env"]["ACCELERATE_USE_CPU"] == "True"  # accelerate's environment, in both
     assert warm["trained"]["argv"][-2:] == ["--seed", "3"] and warm["trained"]["name"] == "__main__"
+
+
+# A stage script that waits, for up to 30 s, until every stage named by --wait_for has started: run one after the
+# other, the first of two such stages gives up and fails. It records the threads it was given.
+MEETING_SCRIPT = textwrap.dedent("""
+    import argparse, json, os, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--output_dir"); p.add_argument("--wait_for", nargs="*", default=[])
+    p.add_argument("--mode", default="ok")
+    a = p.parse_args()
+    name = os.path.basename(a.output_dir)
+    os.makedirs(a.output_dir, exist_ok=True)
+    open(f"started-{name}", "w").close()
+    deadline = time.time() + 30
+    while not all(os.path.exists(f"started-{other}") for other in a.wait_for):
+        if time.time() > deadline:
+            print("the other stages never started"); sys.exit(4)
+        time.sleep(0.05)
+    print(f"{name} met " + " ".join(a.wait_for))
+    if a.mode == "fail":
+        print("something broke"); sys.exit(3)
+    json.dump({"threads": os.environ.get("OMP_NUM_THREADS")}, open(os.path.join(a.output_dir, "seen.json"), "w"))
+    json.dump({}, open(os.path.join(a.output_dir, "stage_complete.json"), "w"))
+""")
+
+
+def make_group_pipeline(workdir, b_mode="ok", b_reads=""):
+    (workdir / "meet.py").write_text(MEETING_SCRIPT)
+    (workdir / "pipeline.yaml").write_text(textwrap.dedent(f"""
+        log_dir: logs
+        stages:
+          - {{name: a, script: meet.py, output_dir: out/a, launcher: python, parallel_group: rl,
+              args: {{wait_for: [b]}}}}
+          - {{name: b, script: meet.py, output_dir: out/b, launcher: python, parallel_group: rl,
+              args: {{wait_for: [a], mode: {b_mode}{b_reads}}}}}
+          - {{name: after, script: meet.py, output_dir: out/after, launcher: python}}
+    """))
+    return Pipeline.from_yaml(workdir / "pipeline.yaml")
+
+
+def test_a_parallel_group_runs_its_stages_at_once_with_the_cores_shared(workdir):
+    from llm_recipes.pipeline import cores
+
+    pipeline = make_group_pipeline(workdir)
+    lines = []
+    assert run(pipeline, pipeline.select(), echo=lines.append) == 0, "\n".join(lines)
+    for name in ("a", "b"):
+        assert json.loads((workdir / f"out/{name}/seen.json").read_text())["threads"] == str(max(1, cores() // 2))
+    assert json.loads((workdir / "out/after/seen.json").read_text())["threads"] is None  # alone: all the cores
+    # Each stage's lines reach its own log and the console under its own name.
+    assert "a met b" in (workdir / "logs/a.log").read_text() and "b met a" in (workdir / "logs/b.log").read_text()
+    assert "[a] a met b" in lines and "[b] b met a" in lines
+
+
+def test_a_failure_in_a_parallel_group_stops_the_run_after_the_group(workdir):
+    pipeline = make_group_pipeline(workdir, b_mode="fail")
+    lines = []
+    assert run(pipeline, pipeline.select(), echo=lines.append) == 3
+    assert (workdir / "out/a/stage_complete.json").exists()  # its partner finished
+    assert not (workdir / "out/after").exists()
+    assert any(line.startswith("[b] FAILED (exit status 3); see logs/b.log") for line in lines), lines
+    assert "something broke" in (workdir / "logs/b.log").read_text()
+
+
+def test_a_parallel_group_is_checked_before_anything_runs(workdir):
+    with pytest.raises(RecipeError, match=r"stages.b reads '\{a\}', which runs at the same time"):
+        make_group_pipeline(workdir, b_reads=', upstream: "{a}"')
+    (workdir / "pipeline.yaml").write_text(textwrap.dedent("""
+        stages:
+          - {name: a, script: meet.py, output_dir: out/a, launcher: python, parallel_group: rl}
+          - {name: between, script: meet.py, output_dir: out/between, launcher: python}
+          - {name: b, script: meet.py, output_dir: out/b, launcher: python, parallel_group: rl}
+    """))
+    with pytest.raises(RecipeError, match="parallel_group 'rl' must be consecutive"):
+        Pipeline.from_yaml(workdir / "pipeline.yaml")
+    assert not (workdir / "out").exists()
+
+
+def test_a_warm_forked_stage_gets_its_share_of_torchs_threads(workdir):
+    # In the fork, torch was imported by the runner before the stage's share was known: the share is applied.
+    (workdir / "threads.py").write_text("import torch; print('threads', torch.get_num_threads())\n")
+    child = ("import sys, torch; torch.set_num_threads(2); from llm_recipes import warm_start; "
+             "sys.exit(warm_start.run_command([sys.executable, 'threads.py'], {'OMP_NUM_THREADS': '1'}))")
+    result = subprocess.run([sys.executable, "-c", child], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "threads 1" in result.stdout

@@ -5,11 +5,18 @@ overrides that pass earlier stages' outputs to it (`{tokenizer}` is the tokenize
 whose output holds `stage_complete.json` is skipped, unless it says `always_run`; one that was cut off is
 launched again and resumes from its last complete checkpoint. The first failure stops the run and names the
 stage's log file.
+
+Consecutive stages that share a `parallel_group` run at the same time, the machine's cores shared out between them
+(OMP_NUM_THREADS, and torch's thread count in a warm-forked stage). That pays where a stage cannot keep all cores
+busy: generating a token at a time is mostly Python and small kernels (on 2 cores, 1 thread generates at 0.8x the
+speed of 2), so two RL stages side by side take less time than one after the other. Training that is matmul-bound
+gains nothing from it.
 """
 
 import dataclasses
 import os
 import re
+import selectors
 import shlex
 import shutil
 import subprocess
@@ -51,6 +58,7 @@ class PipelineStep:
     launcher: str = "accelerate"  # "accelerate" or "python"
     num_processes: int | None = None
     always_run: bool = False  # for stages that only summarise others (the report card): never skipped
+    parallel_group: str | None = None  # consecutive stages of one group run at once, sharing the cores
 
 
 @dataclass
@@ -109,6 +117,23 @@ class Pipeline:
                     raise RecipeError(f"{path}: stages.{step.name}: '{{{name}}}' names no earlier stage (earlier: "
                                       f"{', '.join(earlier) or 'none'}).")
             earlier.append(step.name)
+        seen_groups = set()
+        for batch in batches(self.stages):
+            group = batch[0].parallel_group
+            if group is None:
+                continue
+            if group in seen_groups:
+                raise RecipeError(f"{path}: the stages of parallel_group '{group}' must be consecutive.")
+            seen_groups.add(group)
+            members = [s.name for s in batch]
+            for step in batch:
+                inside = [n for n in STAGE_REFERENCE.findall(" ".join(map(str, step.args.values()))) if n in members]
+                if inside:
+                    raise RecipeError(f"{path}: stages.{step.name} reads '{{{inside[0]}}}', which runs at the same "
+                                      f"time (parallel_group '{group}'): a stage can only read a finished one.")
+                if (step.num_processes or 1) > 1:
+                    raise RecipeError(f"{path}: stages.{step.name} asks for {step.num_processes} processes; a stage "
+                                      f"of parallel_group '{group}' shares the cores and runs as one process.")
 
     def with_overrides(self, path: str | Path) -> "Pipeline":
         """The pipeline with the args of an overrides file merged into its stages: a YAML mapping of stage names to
@@ -143,6 +168,21 @@ class Pipeline:
 
 
 STAGE_REFERENCE = re.compile(r"\{(\w+)\}")  # `{tokenizer}` in a stage's args: that stage's output folder
+
+
+def batches(stages: list[PipelineStep]) -> list[list[PipelineStep]]:
+    """The stages in order, consecutive members of one parallel_group together: what runs at one time."""
+    out = []
+    for stage in stages:
+        if out and stage.parallel_group is not None and out[-1][0].parallel_group == stage.parallel_group:
+            out[-1].append(stage)
+        else:
+            out.append([stage])
+    return out
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve(value, outputs: dict[str, str]) -> str:
@@ -189,52 +229,106 @@ def command(pipeline: Pipeline, stage: PipelineStep, outputs: dict[str, str]) ->
     return cmd
 
 
+NEWLINE = re.compile(rb"\r\n|\r|\n")  # as a text stream reads lines: a progress bar's "\r" ends one too
+
+
+def stream_output(running: dict, echo) -> None:
+    """Copy each running stage's output, line by line as it comes, to its log and to `echo` under its name,
+    until every stage has closed its output. One thread reads them all (a selector), so that a warm runner stays
+    a process without threads of its own and can fork the next stages safely."""
+    selector = selectors.DefaultSelector()
+    pending = {}
+    for name, launched in running.items():
+        selector.register(launched["process"].stdout.fileno(), selectors.EVENT_READ, name)
+        pending[name] = b""
+    while selector.get_map():
+        for key, _ in selector.select():
+            name = key.data
+            chunk = os.read(key.fd, 1 << 16)
+            data = pending[name] + chunk
+            if chunk:
+                hold = data.endswith(b"\r")  # maybe the first half of a "\r\n"
+                lines = NEWLINE.split(data[:-1] if hold else data)
+                pending[name] = lines.pop() + (b"\r" if hold else b"")
+            else:
+                selector.unregister(key.fd)
+                running[name]["ended"] = time.time()
+                lines = [line for line in NEWLINE.split(data) if line] if data else []
+            log = running[name]["log"]
+            for line in lines:
+                text = line.decode(errors="backslashreplace")
+                log.write(text + "\n")
+                echo(f"[{name}] {text.rstrip()}")
+            log.flush()
+    selector.close()
+
+
 def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, echo=print,
         warm: bool = False) -> int:
-    """Run `stages` in order; return 0, or the exit status of the first stage that failed. `warm`: fork each stage
-    from this interpreter once it has imported the libraries (llm_recipes.warm_start), instead of starting each
-    anew; the runner must then be a process of its own (scripts/run_pipeline.py), not one with threads of its own."""
+    """Run `stages` in order, the consecutive members of a parallel_group at once; return 0, or the exit status of
+    the first stage that failed. `warm`: fork each stage from this interpreter once it has imported the libraries
+    (llm_recipes.warm_start), instead of starting each anew; the runner must then be a process of its own
+    (scripts/run_pipeline.py), not one with threads of its own."""
     warm = warm and warm_start.available()
     ours = 0  # stage scripts of this repository launched so far
     outputs = {s.name: s.output_dir for s in pipeline.stages}
     log_dir = Path(pipeline.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    for stage in stages:
-        changed = newer_input(stage, outputs) if is_complete(stage.output_dir) else None
-        if changed:
-            echo(f"[{stage.name}] {changed} changed since {stage.output_dir} was made; running it again")
-        if (force or changed) and Path(stage.output_dir).exists():
-            shutil.rmtree(stage.output_dir)
-        if is_complete(stage.output_dir) and not stage.always_run:
-            echo(f"[{stage.name}] complete in {stage.output_dir}, skipped")
+    for batch in batches(stages):
+        to_run = []
+        for stage in batch:
+            changed = newer_input(stage, outputs) if is_complete(stage.output_dir) else None
+            if changed:
+                echo(f"[{stage.name}] {changed} changed since {stage.output_dir} was made; running it again")
+            if (force or changed) and Path(stage.output_dir).exists():
+                shutil.rmtree(stage.output_dir)
+            if is_complete(stage.output_dir) and not stage.always_run:
+                echo(f"[{stage.name}] complete in {stage.output_dir}, skipped")
+                continue
+            to_run.append(stage)
+        if not to_run:
             continue
-        cmd = command(pipeline, stage, outputs)
-        log_path = log_dir / f"{stage.name}.log"
-        resumed = " (resuming)" if Path(stage.output_dir).exists() else ""
-        echo(f"[{stage.name}] {shlex.join(cmd)}{resumed}")
-        # The imports are paid once, before the second stage script of ours that this run launches: a run of one
-        # stage (a report rewritten, a stage retried) costs what it did cold, and every later stage starts warm.
-        if warm and warm_start.imports_the_stack(repo_path(stage.script)):
-            ours += 1
-            if ours == 2:
-                started = time.time()
-                warm_start.preload()
-                echo(f"[pipeline] libraries imported in {time.time() - started:.0f}s; later stages are forked warm")
-        started = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log_path, "a") as log:
+        threads = max(1, cores() // len(to_run)) if len(to_run) > 1 else None
+        if threads:
+            echo(f"[pipeline] {', '.join(s.name for s in to_run)} run at the same time, {threads} thread(s) each")
+        running = {}
+        for stage in to_run:
+            cmd = command(pipeline, stage, outputs)
+            resumed = " (resuming)" if Path(stage.output_dir).exists() else ""
+            echo(f"[{stage.name}] {shlex.join(cmd)}{resumed}")
+            # The imports are paid once, before the second stage script of ours that this run launches: a run of
+            # one stage (a report rewritten, a stage retried) costs what it did cold, and every later stage starts
+            # warm.
+            if warm and warm_start.imports_the_stack(repo_path(stage.script)):
+                ours += 1
+                if ours == 2:
+                    started = time.time()
+                    warm_start.preload()
+                    echo(f"[pipeline] libraries imported in {time.time() - started:.0f}s; later stages are forked "
+                         f"warm")
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            if threads:
+                env["OMP_NUM_THREADS"] = str(threads)
+            log_path = log_dir / f"{stage.name}.log"
+            log = open(log_path, "a")
             log.write(f"\n$ {shlex.join(cmd)}\n")
             log.flush()
             process = warm_start.start(cmd, env) if warm else subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            with process.stdout:
-                for line in process.stdout:
-                    log.write(line)
-                    echo(f"[{stage.name}] {line.rstrip()}")
-            status = process.wait()
-        if status != 0 or not is_complete(stage.output_dir):
-            reason = f"exit status {status}" if status else "no stage_complete.json was written"
-            echo(f"[{stage.name}] FAILED ({reason}); see {log_path}")
-            return status or 1
-        echo(f"[{stage.name}] done in {time.time() - started:.0f}s -> {stage.output_dir}")
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            running[stage.name] = {"stage": stage, "process": process, "log": log, "log_path": log_path,
+                                   "started": time.time()}
+        stream_output(running, echo)
+        failure = 0
+        for name, launched in running.items():
+            stage, status = launched["stage"], launched["process"].wait()
+            launched["process"].stdout.close()
+            launched["log"].close()
+            if status != 0 or not is_complete(stage.output_dir):
+                reason = f"exit status {status}" if status else "no stage_complete.json was written"
+                echo(f"[{name}] FAILED ({reason}); see {launched['log_path']}")
+                failure = failure or status or 1
+            else:
+                echo(f"[{name}] done in {launched['ended'] - launched['started']:.0f}s -> {stage.output_dir}")
+        if failure:
+            return failure
     return 0
