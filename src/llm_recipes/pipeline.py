@@ -6,11 +6,11 @@ whose output holds `stage_complete.json` is skipped, unless it says `always_run`
 launched again and resumes from its last complete checkpoint. The first failure stops the run and names the
 stage's log file.
 
-Consecutive stages that share a `parallel_group` run at the same time, the machine's cores shared out between them
-(OMP_NUM_THREADS, and torch's thread count in a warm-forked stage). That pays where a stage cannot keep all cores
-busy: generating a token at a time is mostly Python and small kernels (on 2 cores, 1 thread generates at 0.8x the
-speed of 2), so two RL stages side by side take less time than one after the other. Training that is matmul-bound
-gains nothing from it.
+Consecutive stages that share a `parallel_group` run at the same time, the run's threads (OMP_NUM_THREADS if set,
+else the cores) shared out between them: each gets OMP_NUM_THREADS, and torch's thread count in a warm fork. That
+pays where a stage cannot keep all cores busy: generating a token at a time is mostly Python and small kernels (on 2
+cores, 1 thread generates at 0.8x the speed of 2), so two RL stages side by side take less time than one after the
+other. Training that is matmul-bound gains nothing from it.
 """
 
 import dataclasses
@@ -181,7 +181,10 @@ def batches(stages: list[PipelineStep]) -> list[list[PipelineStep]]:
     return out
 
 
-def cores() -> int:
+def thread_budget() -> int:
+    """The threads this run may use: OMP_NUM_THREADS where the user set it, else the cores it may run on."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -288,7 +291,7 @@ def run(pipeline: Pipeline, stages: list[PipelineStep], force: bool = False, ech
             to_run.append(stage)
         if not to_run:
             continue
-        threads = max(1, cores() // len(to_run)) if len(to_run) > 1 else None
+        threads = max(1, thread_budget() // len(to_run)) if len(to_run) > 1 else None
         if threads:
             echo(f"[pipeline] {', '.join(s.name for s in to_run)} run at the same time, {threads} thread(s) each")
         running = {}
