@@ -60,6 +60,10 @@ class PipelineStep:
     always_run: bool = False  # for stages that only summarise others (the report card): never skipped
     parallel_group: str | None = None  # consecutive stages of one group run at once, sharing the cores
 
+    def reads(self) -> list[str]:
+        """The earlier stages whose output folders this stage's args name (`{tokenizer}`), in order."""
+        return STAGE_REFERENCE.findall(" ".join(map(str, self.args.values())))
+
 
 @dataclass
 class Pipeline:
@@ -112,7 +116,7 @@ class Pipeline:
                 raise RecipeError(f"{path}: {key}: no file {file}.")
         earlier = []
         for step in self.stages:
-            for name in STAGE_REFERENCE.findall(" ".join(map(str, step.args.values()))):
+            for name in step.reads():
                 if name not in earlier:
                     raise RecipeError(f"{path}: stages.{step.name}: '{{{name}}}' names no earlier stage (earlier: "
                                       f"{', '.join(earlier) or 'none'}).")
@@ -127,7 +131,7 @@ class Pipeline:
             seen_groups.add(group)
             members = [s.name for s in batch]
             for step in batch:
-                inside = [n for n in STAGE_REFERENCE.findall(" ".join(map(str, step.args.values()))) if n in members]
+                inside = [n for n in step.reads() if n in members]
                 if inside:
                     raise RecipeError(f"{path}: stages.{step.name} reads '{{{inside[0]}}}', which runs at the same "
                                       f"time (parallel_group '{group}'): a stage can only read a finished one.")
@@ -203,7 +207,7 @@ def newer_input(stage: PipelineStep, outputs: dict[str, str]) -> str | None:
     """The earlier stage, among those whose output `stage` reads (`{name}` in its args), that was completed after
     `stage` was: `stage` is then out of date and must run again. None when it is up to date."""
     own = Path(stage.output_dir) / COMPLETE_MARKER
-    for name in dict.fromkeys(STAGE_REFERENCE.findall(" ".join(map(str, stage.args.values())))):
+    for name in dict.fromkeys(stage.reads()):
         marker = Path(outputs.get(name, "")) / COMPLETE_MARKER
         if marker.is_file() and marker.stat().st_mtime > own.stat().st_mtime:
             return name

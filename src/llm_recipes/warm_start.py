@@ -97,7 +97,7 @@ def run_command(cmd: list[str], env: dict) -> int:
     args = cmd[1:]
     os.environ.clear()
     os.environ.update(env)
-    if "OMP_NUM_THREADS" in env and "torch" in sys.modules:
+    if env.get("OMP_NUM_THREADS", "").isdigit() and "torch" in sys.modules:
         # torch was imported before the fork, its thread pool sized then: a stage given a share of the cores (a
         # pipeline's parallel_group) gets it here, as a new process would from the variable.
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
