@@ -187,8 +187,8 @@ def batches(stages: list[PipelineStep]) -> list[list[PipelineStep]]:
 
 def thread_budget() -> int:
     """The threads this run may use: OMP_NUM_THREADS where the user set it, else the cores it may run on."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if threads := warm_start.thread_count(os.environ):
+        return threads
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

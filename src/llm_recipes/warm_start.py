@@ -92,15 +92,23 @@ def start(cmd: list[str], env: dict) -> ForkedStage:
             os._exit(status)
 
 
+def thread_count(env) -> int | None:
+    """OMP_NUM_THREADS as a plain count of threads (at least 1); None where it is unset or in OpenMP's nested form
+    ("4,2"), which is OpenMP's to read."""
+    value = env.get("OMP_NUM_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else None
+
+
 def run_command(cmd: list[str], env: dict) -> int:
     """In the forked child: run the stage script in this interpreter, or exec the command where it must run cold."""
     args = cmd[1:]
     os.environ.clear()
     os.environ.update(env)
-    if env.get("OMP_NUM_THREADS", "").isdigit() and "torch" in sys.modules:
+    threads = thread_count(env)
+    if threads and "torch" in sys.modules:
         # torch was imported before the fork, its thread pool sized then: a stage given a share of the cores (a
         # pipeline's parallel_group) gets it here, as a new process would from the variable.
-        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
+        sys.modules["torch"].set_num_threads(threads)
     if args[:2] == ACCELERATE_LAUNCH:
         args = simple_launch(args[2:])
         if args is None:
